@@ -1,0 +1,163 @@
+"""A user's effective limits: defaults, then their groups (most generous wins), then their entry.
+
+Every value remembers where it came from, so ``ds01 policy explain`` can say why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .identity import Identity
+from .loader import PolicyDocument
+from .units import parse_duration, parse_size
+
+# How to combine a key across several groups: the most generous value wins.
+_SIZES = {"memory", "shm_size"}
+_DURATIONS = {
+    "idle_timeout", "max_runtime", "gpu_hold_after_stop", "container_hold_after_stop", "gpu_wait",
+}
+_UNLIMITED_IS_NONE = {
+    "max_gpus", "max_mig_instances", "max_gpu_equivalents", "max_gpus_per_container",
+    "max_containers", "max_cpus", "memory", "shm_size", "pids_limit", "idle_timeout",
+    "max_runtime", "container_hold_after_stop", "gpu_wait", "allowed_mig_profiles",
+}
+_BOOLEANS = {"admin", "allow_full_gpu", "preempt_idle"}
+_LISTS = {"bind_mounts", "allow"}
+# Thresholds: a *higher* idle threshold is stricter, so generous = lower.
+_LOWER_IS_GENEROUS = {"idle_cpu_percent", "idle_gpu_percent", "idle_network_bytes"}
+
+BUILTIN_DEFAULTS: dict[str, Any] = {
+    "admin": False,
+    "priority": 0,
+    "max_gpus": 0,
+    "max_mig_instances": 0,
+    "max_gpu_equivalents": None,
+    "max_gpus_per_container": None,
+    "allow_full_gpu": False,
+    "allowed_mig_profiles": None,
+    "max_containers": None,
+    "gpu_wait": 0,
+    "preempt_idle": False,
+    "max_cpus": None,
+    "memory": None,
+    "shm_size": None,
+    "pids_limit": None,
+    "aggregate": {"cpus": None, "memory": None, "pids": None},
+    "idle_timeout": None,
+    "max_runtime": None,
+    "gpu_hold_after_stop": 0,
+    "container_hold_after_stop": None,
+    "idle_cpu_percent": 2.0,
+    "idle_gpu_percent": 5.0,
+    "idle_network_bytes": 1_000_000,
+    "bind_mounts": ["{home}"],
+    "allow": [],
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Effective limits for one user; sizes in bytes, durations in seconds, None = unlimited."""
+
+    user: str
+    group: str  # the primary DS01 group (for cgroup slice names and metrics)
+    values: dict[str, Any]
+    sources: dict[str, str] = field(default_factory=dict)
+    known: bool = True  # False: the user is in no group and has no entry
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def is_admin(self) -> bool:
+        return bool(self.values["admin"])
+
+    def allows(self, feature: str) -> bool:
+        return self.is_admin or feature in self.values["allow"]
+
+    def agg(self, key: str) -> Any:
+        return self.values["aggregate"].get(key)
+
+
+def _normalise(key: str, value: Any) -> Any:
+    if key in _SIZES:
+        return parse_size(value)
+    if key in _DURATIONS:
+        return parse_duration(value)
+    if key == "aggregate":  # only the keys given: the rest are inherited
+        return {k: parse_size(v) if k == "memory" else v for k, v in value.items()}
+    return value
+
+
+def _more_generous(key: str, a: Any, b: Any) -> Any:
+    if key in _BOOLEANS:
+        return bool(a) or bool(b)
+    if key in _LISTS:
+        return list(dict.fromkeys([*a, *b]))
+    if key == "aggregate":
+        both = {k: _more_generous("max_cpus", a[k], b[k]) for k in a.keys() & b.keys()}
+        return {**a, **b, **both}
+    if a is None or b is None:
+        return None if key in _UNLIMITED_IS_NONE or key == "max_cpus" else (a if b is None else b)
+    if key == "allowed_mig_profiles":
+        return list(dict.fromkeys([*a, *b]))
+    if key in _LOWER_IS_GENEROUS:
+        return min(a, b)
+    return max(a, b)
+
+
+def groups_of(doc: PolicyDocument, identity: Identity) -> list[str]:
+    """The policy groups a user belongs to, by name or Unix group, in policy order."""
+    out = []
+    for name, group in (doc.data.get("groups") or {}).items():
+        if identity.user in (group.get("members") or []) or set(
+            group.get("unix_groups") or []
+        ) & set(identity.groups):
+            out.append(name)
+    return out
+
+
+def resolve(doc: PolicyDocument, identity: Identity) -> Limits:
+    """The effective limits of ``identity`` under the policy ``doc``."""
+    values = {k: _normalise(k, v) for k, v in BUILTIN_DEFAULTS.items()}
+    sources = dict.fromkeys(values, "built-in")
+    for key, value in (doc.data.get("defaults") or {}).items():
+        values[key], sources[key] = _merge_aggregate(key, values[key], _normalise(key, value)), "defaults"
+    groups = groups_of(doc, identity)
+    group_values: dict[str, Any] = {}
+    for name in groups:
+        for key, value in doc.data["groups"][name].items():
+            if key in ("members", "unix_groups"):
+                continue
+            value = _normalise(key, value)
+            if key in group_values:
+                merged = _more_generous(key, group_values[key], value)
+                if merged != group_values[key]:
+                    sources[key] = f"group {name}"
+                group_values[key] = merged
+            else:
+                group_values[key], sources[key] = value, f"group {name}"
+    for key, value in group_values.items():
+        values[key] = _merge_aggregate(key, values[key], value)
+    user_entry = (doc.data.get("users") or {}).get(identity.user)
+    for key, value in (user_entry or {}).items():
+        values[key] = _merge_aggregate(key, values[key], _normalise(key, value))
+        sources[key] = f"users.{identity.user}"
+    return Limits(
+        user=identity.user,
+        group=groups[0] if groups else "default",
+        values=values,
+        sources=sources,
+        known=bool(groups) or user_entry is not None,
+    )
+
+
+def _merge_aggregate(key: str, base: Any, override: Any) -> Any:
+    # A partial aggregate block overrides only the keys it names.
+    if key == "aggregate":
+        return {**base, **override}
+    return override
