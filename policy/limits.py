@@ -147,6 +147,8 @@ def resolve(doc: PolicyDocument, identity: Identity) -> Limits:
     for key, value in (user_entry or {}).items():
         values[key] = _merge_aggregate(key, values[key], _normalise(key, value))
         sources[key] = f"users.{identity.user}"
+    for key in ("unknown_users", "direct_access"):  # policy-wide settings every decision reads
+        values[key] = doc.data.get(key, "allow")
     return Limits(
         user=identity.user,
         group=groups[0] if groups else "default",

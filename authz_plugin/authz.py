@@ -1,0 +1,143 @@
+"""The Docker AuthZ plugin protocol: ``/Plugin.Activate``, ``/AuthZPlugin.AuthZReq``, ``AuthZRes``.
+
+It never answers 500 and never allows what it cannot read: any failure is a denial whose
+message says why (dockerd shows it as "authorization denied by plugin ds01: ...").
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger("ds01.authz")
+
+# dockerd's own AuthZ request bodies stay small: it forwards request bodies up to 1 MiB
+# (base64, so ~1.4 MiB) plus headers. Anything far larger is not from dockerd.
+MAX_PLUGIN_REQUEST = 8 * 2**20
+
+
+@dataclass(frozen=True)
+class AuthzRequest:
+    """One AuthZReq/AuthZRes as dockerd sends it, decoded."""
+
+    user: str
+    method: str
+    uri: str
+    headers: dict[str, str]
+    body: bytes | None
+    response_status: int | None = None
+    response_body: bytes | None = None
+    response_headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuthzAnswer:
+    allow: bool
+    msg: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"Allow": self.allow}
+        if self.msg:
+            out["Msg"] = self.msg
+        return out
+
+
+Authorizer = Callable[[AuthzRequest], Awaitable[AuthzAnswer]]
+
+
+class BadPluginRequest(ValueError):
+    pass
+
+
+def _b64(value: Any, name: str) -> bytes | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise BadPluginRequest(f"{name} is not base64 text")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadPluginRequest(f"{name} is not valid base64") from None
+
+
+def _headers(value: Any, name: str) -> dict[str, str]:
+    if value in (None, ""):
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise BadPluginRequest(f"{name} is not a map of strings")
+    return value
+
+
+def parse_authz(raw: bytes, response: bool) -> AuthzRequest:
+    """Decode dockerd's AuthZ JSON, refusing anything malformed."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadPluginRequest("the AuthZ request is not JSON") from None
+    if not isinstance(data, dict):
+        raise BadPluginRequest("the AuthZ request is not a JSON object")
+    method, uri = data.get("RequestMethod"), data.get("RequestURI")
+    if not isinstance(method, str) or not isinstance(uri, str) or not method or not uri:
+        raise BadPluginRequest("the AuthZ request has no method or URI")
+    user = data.get("User") or ""
+    if not isinstance(user, str):
+        raise BadPluginRequest("User is not a string")
+    status = data.get("ResponseStatusCode") if response else None
+    if status is not None and not isinstance(status, int):
+        raise BadPluginRequest("ResponseStatusCode is not an integer")
+    return AuthzRequest(
+        user=user,
+        method=method,
+        uri=uri,
+        headers=_headers(data.get("RequestHeaders"), "RequestHeaders"),
+        body=_b64(data.get("RequestBody"), "RequestBody"),
+        response_status=status,
+        response_body=_b64(data.get("ResponseBody"), "ResponseBody") if response else None,
+        response_headers=_headers(data.get("ResponseHeaders"), "ResponseHeaders") if response else {},
+    )
+
+
+def plugin_app(
+    on_request: Authorizer,
+    on_response: Authorizer,
+    observe: Callable[[float], None] | None = None,
+) -> web.Application:
+    """The aiohttp application dockerd talks to on the plugin socket."""
+    app = web.Application(client_max_size=MAX_PLUGIN_REQUEST)
+
+    async def activate(_: web.Request) -> web.Response:
+        return web.json_response({"Implements": ["authz"]})
+
+    def endpoint(decide: Authorizer, response: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handle(request: web.Request) -> web.Response:
+            started = time.perf_counter()
+            try:
+                raw = await request.read()
+                answer = await decide(parse_authz(raw, response))
+            except web.HTTPRequestEntityTooLarge:
+                answer = AuthzAnswer(False, "ds01: request too large for the AuthZ plugin")
+            except BadPluginRequest as exc:
+                answer = AuthzAnswer(False, f"ds01: unreadable AuthZ request ({exc})")
+            except Exception:  # noqa: BLE001 - never a 500: dockerd would refuse everything
+                log.exception("AuthZ handler failed; denying")
+                answer = AuthzAnswer(False, "ds01: internal error while deciding; denied (see ds01d log)")
+            if observe is not None:
+                observe(time.perf_counter() - started)
+            return web.json_response(answer.to_json())
+
+        return handle
+
+    app.router.add_post("/Plugin.Activate", activate)
+    app.router.add_post("/AuthZPlugin.AuthZReq", endpoint(on_request, False))
+    app.router.add_post("/AuthZPlugin.AuthZRes", endpoint(on_response, True))
+    return app

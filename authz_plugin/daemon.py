@@ -1,0 +1,149 @@
+"""``ds01d``: the AuthZ plugin, the gateway, the GPU broker and the lifecycle loops in one process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from policy.loader import PolicyError
+
+from .authz import plugin_app
+from .docker_client import DockerClient, socket_path
+from .policy_store import PolicyStore
+from .service import Service
+
+log = logging.getLogger("ds01d")
+
+DEFAULT_PLUGIN_SOCKET = "/run/docker/plugins/ds01.sock"
+POLICY_POLL_SECONDS = 2.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ds01d", description=__doc__)
+    p.add_argument("--policy", help="policy YAML (default: the built-in default policy)")
+    p.add_argument("--plugin-socket", default=DEFAULT_PLUGIN_SOCKET, help="AuthZ plugin socket")
+    p.add_argument("--gateway-socket", help="serve the Docker API here (e.g. /var/run/docker.sock)")
+    p.add_argument("--gateway-mode", default="0666", help="permissions of the gateway socket (octal)")
+    p.add_argument("--docker-host", default="unix:///run/ds01/dockerd.sock", help="the real dockerd")
+    p.add_argument("--state-dir", default="/var/lib/ds01", help="audit log, job mapping, state")
+    p.add_argument("--inventory", default="auto", help="GPU inventory: FILE, auto (NVML) or none")
+    p.add_argument("--metrics-address", help="serve Prometheus /metrics on HOST:PORT")
+    p.add_argument("--cgroup-driver", choices=["cgroupfs", "systemd"], help="default: dockerd's")
+    p.add_argument("--no-cgroups", action="store_true", help="do not manage per-user parent cgroups")
+    p.add_argument("--dry-run", action="store_true", help="lifecycle: report, stop nothing")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+async def serve_unix(app: web.Application, path: str, mode: int = 0o660) -> web.AppRunner:
+    """Serve ``app`` on a unix socket created with the right mode from the start."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    old = os.umask(0o777 & ~mode)  # never briefly more open than `mode`
+    try:
+        await web.UnixSite(runner, path).start()
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
+    return runner
+
+
+class Daemon:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.stopping = asyncio.Event()
+        self.policy = PolicyStore(args.policy)
+        self.docker = DockerClient(args.docker_host)
+        self.service = Service(
+            self.policy,
+            self.docker,
+            cgroup_driver=args.cgroup_driver or self.policy.cgroup_driver,
+            protected_paths=self._protected_paths(),
+        )
+        self.runners: list[web.AppRunner] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.gateway = None
+
+    def _protected_paths(self) -> tuple[str, ...]:
+        paths = {
+            "/var/run/docker.sock", "/run/docker.sock", "/run/docker/plugins", "/run/ds01",
+            "/var/run/ds01", socket_path(self.args.docker_host), self.args.plugin_socket,
+        }
+        if self.args.gateway_socket:
+            paths.add(self.args.gateway_socket)
+        return tuple(sorted(paths))
+
+    async def start(self) -> None:
+        app = plugin_app(self.service.authz_request, self.service.authz_response)
+        self.runners.append(await serve_unix(app, self.args.plugin_socket, 0o660))
+        log.info("AuthZ plugin listening on %s", self.args.plugin_socket)
+        if self.args.gateway_socket:
+            from .gateway.handler import GatewayHandler
+            from .gateway.proxy import Gateway
+
+            self.gateway = Gateway(GatewayHandler(self.service), socket_path(self.args.docker_host))
+            await self.gateway.start(self.args.gateway_socket, mode=int(self.args.gateway_mode, 8))
+            log.info("gateway listening on %s -> %s", self.args.gateway_socket, self.args.docker_host)
+        self.tasks.append(asyncio.create_task(self._watch_policy()))
+
+    async def _watch_policy(self) -> None:
+        while not self.stopping.is_set():
+            await asyncio.sleep(POLICY_POLL_SECONDS)
+            if self.policy.changed_on_disk():
+                self.policy.reload()
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.gateway is not None:
+            await self.gateway.stop()
+        for runner in self.runners:
+            await runner.cleanup()
+        await self.docker.close()
+
+
+async def run(args: argparse.Namespace) -> int:
+    daemon = Daemon(args)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, daemon.policy.reload)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.stopping.set)
+    await daemon.start()
+    await daemon.stopping.wait()
+    log.info("stopping")
+    await daemon.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    try:
+        return asyncio.run(run(args))
+    except PolicyError as exc:
+        print(f"ds01d: invalid policy: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"ds01d: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""The one chokepoint through which ds01d talks to the real dockerd (aiohttp over a unix socket)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+API = "/v1.41"  # dockerd 20.10 and newer all speak it
+
+
+class DockerError(RuntimeError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"dockerd answered {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def socket_path(docker_host: str) -> str:
+    if not docker_host.startswith("unix://"):
+        raise ValueError(f"--docker-host must be unix:///path, not {docker_host!r}")
+    return docker_host[len("unix://") :]
+
+
+class DockerClient:
+    def __init__(self, docker_host: str) -> None:
+        self.path = socket_path(docker_host)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.UnixConnector(path=self.path, limit=32)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=60)
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def request(
+        self, method: str, path: str, *, params: dict[str, str] | None = None, body: Any = None
+    ) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        async with self._client().request(
+            method, f"http://docker{API}{path}", params=params, data=data, headers=headers
+        ) as resp:
+            text = await resp.text()
+            if resp.status >= 400:
+                try:
+                    message = json.loads(text).get("message", text)
+                except ValueError:
+                    message = text
+                raise DockerError(resp.status, message)
+            return json.loads(text) if text.strip() else None
+
+    async def inspect_container(self, ref: str) -> dict[str, Any] | None:
+        try:
+            return await self.request("GET", f"/containers/{quote(ref, safe='')}/json")
+        except DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def inspect_volume(self, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.request("GET", f"/volumes/{quote(name, safe='')}")
+        except DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def inspect_network(self, ref: str) -> dict[str, Any] | None:
+        try:
+            return await self.request("GET", f"/networks/{quote(ref, safe='')}")
+        except DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def inspect_exec(self, exec_id: str) -> dict[str, Any] | None:
+        try:
+            return await self.request("GET", f"/exec/{quote(exec_id, safe='')}/json")
+        except DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def list_containers(self, filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+        params = {"all": "1"}
+        if filters:
+            params["filters"] = json.dumps(filters)
+        return await self.request("GET", "/containers/json", params=params) or []
+
+    async def events(self, since: float | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Docker events as they happen (no total timeout), one dict each."""
+        params = {"filters": json.dumps({"type": ["container"]})}
+        if since is not None:
+            params["since"] = f"{since:.9f}"
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+        async with self._client().get(
+            f"http://docker{API}/events", params=params, timeout=timeout
+        ) as resp:
+            if resp.status != 200:
+                raise DockerError(resp.status, await resp.text())
+            async for line in resp.content:
+                if line.strip():
+                    yield json.loads(line)

@@ -1,0 +1,197 @@
+"""The DS01 side of the gateway: who is asking, what the policy says, and the rewrite.
+
+The data plane (``proxy.py``) hands every parsed request here and forwards what comes back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from allocator.labels import LABEL_UID, LABEL_USER
+from policy import create as create_rules
+from policy.decision import Decision
+from policy.engine import BODY_SHAPES, OPTIONAL_BODY_SHAPES, route_of
+from policy.identity import Identity
+from policy.limits import Limits
+from policy.routes import Route
+from policy.state import Request
+from policy.strict_json import dumps_canonical
+
+from ..docker_client import DockerError
+from ..identities import container_of_pid, identity_for_uid
+from ..service import Service
+from ..tickets import TOKEN_HEADER
+from .types import Forward, PeerCred, Reply, RequestHead
+
+log = logging.getLogger("ds01.gateway")
+
+# The AuthZ plugin sees request bodies only up to 1 MiB; the gateway buffers no more than
+# that, so every body it approves is also one the plugin can check.
+MAX_JSON_BODY = 2**20 - 1
+_HIJACKED = {"/containers/{id}/attach", "/exec/{id}/start"}
+
+
+def json_reply(status: int, message: str) -> Reply:
+    return Reply(status=status, body=json.dumps({"message": message}).encode())
+
+
+def deny_reply(decision: Decision) -> Reply:
+    return json_reply(decision.status, decision.message)
+
+
+class GatewayHandler:
+    def __init__(self, service: Service, proc: str = "/proc") -> None:
+        self.service = service
+        self.proc = proc
+
+    def body_limit(self, peer: PeerCred, head: RequestHead) -> int | None:
+        route = route_of(Request(head.method, head.target))
+        if route is not None and (route.endpoint in BODY_SHAPES or route.endpoint in OPTIONAL_BODY_SHAPES):
+            return MAX_JSON_BODY
+        return None
+
+    async def identify(self, peer: PeerCred) -> Identity:
+        """The user behind a connection: its uid, or the owner of the container it runs in."""
+        container = container_of_pid(peer.pid, self.proc)
+        if container is None:
+            return identity_for_uid(peer.uid)
+        info = await self.service.docker.inspect_container(container)
+        labels = ((info or {}).get("Config") or {}).get("Labels") or {}
+        try:
+            return identity_for_uid(int(labels[LABEL_UID]))
+        except (KeyError, ValueError):
+            owner = labels.get(LABEL_USER)
+            return Identity(uid=None, user=f"container:{container[:12]}" if not owner else owner)
+
+    async def decide(self, peer: PeerCred, head: RequestHead, body: bytes | None) -> Forward | Reply:
+        try:
+            return await self._decide(peer, head, body)
+        except DockerError as exc:
+            return json_reply(502, f"ds01: the Docker daemon answered an internal lookup with an error ({exc.message})")
+        except Exception:  # noqa: BLE001 - fail closed, keep serving everyone else
+            log.exception("gateway decision failed")
+            return json_reply(403, "ds01: internal error while deciding; denied (see the ds01d log)")
+
+    async def _decide(self, peer: PeerCred, head: RequestHead, body: bytes | None) -> Forward | Reply:
+        identity = await self.identify(peer)
+        headers = tuple((k, v) for k, v in head.headers if not k.lower().startswith("x-ds01-"))
+        request = Request(head.method, head.target, _header_map(headers), body)
+        decision, limits = await self.service.decide(request, identity, "gateway")
+        if not decision.allowed:
+            return deny_reply(decision)
+        route = route_of(request)
+        assert route is not None  # decide() denies what does not route
+        target = _with_query(head.target, decision.query) if decision.query else head.target
+        new_body = body
+        on_response = on_close = None
+        capture = 0
+        if route.endpoint == "/containers/create":
+            prepared = await self._prepare_create(route, identity, limits, decision)
+            if isinstance(prepared, Reply):
+                return prepared
+            new_body, on_response, on_close = prepared
+            capture = 64 * 1024
+        elif decision.body is not None:
+            new_body = dumps_canonical(decision.body)
+        refusal = await self.service.start_guard(request, identity)
+        if refusal is not None:
+            return deny_reply(refusal)
+        token = self.service.tickets.issue(identity, head.method, target, new_body)
+        headers = (*headers, (TOKEN_HEADER, token))
+
+        async def closed(ok: bool) -> None:
+            self.service.tickets.discard(token)
+            if on_close is not None:
+                await on_close(ok)
+
+        return Forward(
+            head=RequestHead(head.method, target, headers, head.http_version),
+            body=new_body,
+            capture_response=capture,
+            on_response=on_response,
+            on_close=closed,
+            hijack=_hijacked(route, new_body),
+        )
+
+    async def _prepare_create(
+        self, route: Route, identity: Identity, limits: Limits, decision: Decision
+    ) -> Reply | tuple[bytes, Callable[[int, bytes], Awaitable[None]], Callable[[bool], Awaitable[None]]]:
+        body: dict[str, Any] = decision.body or {}
+        service = self.service
+        if service.cgroups is not None and not limits.is_admin:
+            await service.cgroups.ensure(identity, limits)
+        await self._create_named_volumes(body, identity)
+        devices: list[str] = []
+        gpueq = 0.0
+        reservation = None
+        if decision.gpu_request is not None:
+            if service.gpus is None:
+                return json_reply(409, "ds01: this server has no GPUs to give. To fix: run without --gpus")
+            outcome = await service.gpus.reserve(identity, limits, decision.gpu_request, body, service.clock())
+            if isinstance(outcome, Decision):
+                return deny_reply(outcome)
+            reservation = outcome
+            devices, gpueq = list(outcome.devices), outcome.gpueq
+        create_rules.apply_allocation(body, devices, gpueq, service.clock())
+        raw = dumps_canonical(body)
+        bound = False
+
+        async def on_response(status: int, data: bytes) -> None:
+            nonlocal bound
+            if reservation is None:
+                return
+            container_id = _created_id(status, data)
+            if container_id:
+                service.gpus.bind(reservation, container_id)
+                bound = True
+
+        async def on_close(ok: bool) -> None:
+            if reservation is not None and not bound:
+                service.gpus.rollback(reservation)
+
+        return raw, on_response, on_close
+
+    async def _create_named_volumes(self, body: dict[str, Any], identity: Identity) -> None:
+        # dockerd would create them unlabelled, invisible to their creator: create them owned.
+        for name in create_rules.referenced_volumes(body):
+            if await self.service.docker.inspect_volume(name) is None:
+                await self.service.docker.request(
+                    "POST", "/volumes/create", body={"Name": name, "Labels": {LABEL_USER: identity.user}}
+                )
+
+
+def _created_id(status: int, data: bytes) -> str | None:
+    if status != 201:
+        return None
+    try:
+        value = json.loads(data).get("Id")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def _hijacked(route: Route, body: bytes | None) -> bool:
+    if route.endpoint not in _HIJACKED:
+        return False
+    if route.endpoint == "/exec/{id}/start" and body:
+        try:
+            return not json.loads(body).get("Detach")
+        except (ValueError, AttributeError):
+            return True
+    return True
+
+
+def _header_map(headers: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in headers:
+        out.setdefault(key, value)
+    return out
+
+
+def _with_query(target: str, query: dict[str, list[str]]) -> str:
+    split = urlsplit(target)
+    return f"{split.path}?{urlencode(query, doseq=True)}"

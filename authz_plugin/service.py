@@ -1,0 +1,230 @@
+"""ds01d's core: one policy, one GPU broker, shared by the gateway and the AuthZ plugin.
+
+Here the pure engine meets Docker: this module looks up the objects a request names, calls
+``policy.engine.decide``, and records every decision (metrics, audit log).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from typing import Any, Protocol
+
+from allocator.labels import LABEL_USER
+from policy import create as create_rules
+from policy.decision import Decision, allow, deny
+from policy.engine import decide, parse_body, route_of
+from policy.identity import Identity, direct_identity
+from policy.limits import Limits
+from policy.routes import Route
+from policy.state import ObjectFacts, Request, State
+
+from .authz import AuthzAnswer, AuthzRequest
+from .docker_client import DockerClient, DockerError
+from .policy_store import PolicyStore
+from .tickets import TOKEN_HEADER, Tickets
+
+log = logging.getLogger("ds01.service")
+
+
+class Recorder(Protocol):
+    """Where decisions go besides the caller: metrics and the audit log."""
+
+    def decision(self, door: str, route: Route | None, identity: Identity, decision: Decision,
+                 seconds: float, container: str | None = None) -> None: ...
+
+
+class NullRecorder:
+    def decision(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def facts_from_container(info: dict[str, Any], kind: str = "container") -> ObjectFacts:
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    return ObjectFacts(
+        kind=kind,
+        id=info.get("Id", ""),
+        owner=labels.get(LABEL_USER),
+        name=(info.get("Name") or "").lstrip("/"),
+        running=bool((info.get("State") or {}).get("Running")),
+        labels=labels,
+        details={"HostConfig": info.get("HostConfig") or {}},
+    )
+
+
+def _facts_from_labelled(info: dict[str, Any], kind: str) -> ObjectFacts:
+    labels = info.get("Labels") or {}
+    return ObjectFacts(kind=kind, id=info.get("Id") or info.get("Name", ""),
+                       owner=labels.get(LABEL_USER), name=info.get("Name", ""), labels=labels)
+
+
+class Service:
+    def __init__(
+        self,
+        policy: PolicyStore,
+        docker: DockerClient,
+        *,
+        gpus: Any = None,
+        recorder: Recorder | None = None,
+        cgroups: Any = None,
+        cgroup_driver: str = "cgroupfs",
+        protected_paths: tuple[str, ...] = (),
+        realpath: Any = None,
+        clock: Any = time.time,
+    ) -> None:
+        self.policy = policy
+        self.docker = docker
+        self.gpus = gpus
+        self.recorder = recorder or NullRecorder()
+        self.cgroups = cgroups
+        self.cgroup_driver = cgroup_driver
+        self.protected_paths = protected_paths
+        self.realpath = realpath
+        self.clock = clock
+        self.tickets = Tickets()
+
+    # ---- deciding ------------------------------------------------------------------------
+
+    async def decide(self, request: Request, identity: Identity, door: str) -> tuple[Decision, Limits]:
+        """Look up what the request names, decide, record. Never raises."""
+        started = time.perf_counter()
+        route = route_of(request)
+        limits = self.policy.limits(identity)
+        state = State()
+        try:
+            if route is not None:
+                state = await self.state_for(route, request, identity)
+        except DockerError as exc:
+            decision = deny("docker_unavailable", f"could not look up the objects named ({exc.message})",
+                            "try again; if it persists, ask an admin", 503)
+        else:
+            decision = decide(request, identity, limits, state)
+        container = state.target.id if state.target else None
+        self.recorder.decision(door, route, identity, decision, time.perf_counter() - started,
+                               container=container)
+        return decision, limits
+
+    async def state_for(self, route: Route, request: Request, identity: Identity) -> State:
+        """The facts the engine needs for this route (owners of named objects, counts)."""
+        base = State(
+            now=self.clock(),
+            cgroup_driver=self.cgroup_driver,
+            protected_paths=self.protected_paths or State().protected_paths,
+            **({"realpath": self.realpath} if self.realpath else {}),
+        )
+        if identity.is_direct:
+            return base
+        endpoint, params = route.endpoint, route.params
+        target: ObjectFacts | None = None
+        related: dict[str, ObjectFacts] = {}
+        count = 0
+        if endpoint.startswith("/containers/{id}"):
+            info = await self.docker.inspect_container(params["id"])
+            target = facts_from_container(info) if info else None
+        elif endpoint.startswith("/exec/{id}"):
+            target = await self._exec_facts(params["id"])
+        elif endpoint.startswith("/volumes/{name}"):
+            info = await self.docker.inspect_volume(params["name"])
+            target = _facts_from_labelled(info, "volume") if info else None
+        elif endpoint.startswith("/networks/{id}"):
+            info = await self.docker.inspect_network(params["id"])
+            target = _facts_from_labelled(info, "network") if info else None
+            body = _try_body(route, request)
+            if body and body.get("Container"):
+                info = await self.docker.inspect_container(body["Container"])
+                if info:
+                    related[f"container:{body['Container']}"] = facts_from_container(info)
+        elif endpoint == "/commit" and route.q("container"):
+            info = await self.docker.inspect_container(route.q("container"))
+            target = facts_from_container(info) if info else None
+        elif endpoint == "/volumes/create":
+            body = _try_body(route, request)
+            if body and body.get("Name"):
+                info = await self.docker.inspect_volume(body["Name"])
+                target = _facts_from_labelled(info, "volume") if info else None
+        elif endpoint == "/containers/create":
+            body = _try_body(route, request)
+            if body is not None:
+                for ref in create_rules.referenced_containers(body):
+                    info = await self.docker.inspect_container(ref)
+                    if info:
+                        related[f"container:{ref}"] = facts_from_container(info)
+                for name in create_rules.referenced_volumes(body):
+                    info = await self.docker.inspect_volume(name)
+                    if info:
+                        related[f"volume:{name}"] = _facts_from_labelled(info, "volume")
+                owned = await self.docker.list_containers({"label": [f"{LABEL_USER}={identity.user}"]})
+                count = len(owned)
+        return replace(base, target=target, related=related, user_containers=count)
+
+    async def _exec_facts(self, exec_id: str) -> ObjectFacts | None:
+        info = await self.docker.inspect_exec(exec_id)
+        if not info:
+            return None
+        container = await self.docker.inspect_container(info.get("ContainerID", ""))
+        if not container:
+            return None
+        facts = facts_from_container(container, kind="exec")
+        return replace(facts, id=exec_id, details={**facts.details, "container": container.get("Id")})
+
+    # ---- the AuthZ plugin's view ---------------------------------------------------------
+
+    async def authz_request(self, req: AuthzRequest) -> AuthzAnswer:
+        token = _header(req.headers, TOKEN_HEADER)
+        if token is not None:
+            ticket = self.tickets.redeem(token, req.method, req.uri, req.body)
+            if ticket is None:
+                return AuthzAnswer(False, "ds01: a gateway token that does not match its request")
+            identity = ticket.identity
+            request = Request(req.method, req.uri, req.headers, req.body)
+            return await self._recheck(request, identity)
+        identity = direct_identity(req.user)
+        request = Request(req.method, req.uri, req.headers, req.body)
+        decision, _ = await self.decide(request, identity, "authz")
+        if decision.allowed:
+            refusal = await self.start_guard(request, identity)
+            if refusal is not None:
+                return AuthzAnswer(False, refusal.message)
+        return AuthzAnswer(decision.allowed, decision.message)
+
+    async def _recheck(self, request: Request, identity: Identity) -> AuthzAnswer:
+        # The gateway decided on exactly these bytes (the ticket binds method, URI and body),
+        # so the re-check is that binding; the start guard is re-applied for GPUs.
+        refusal = await self.start_guard(request, identity, already_checked=True)
+        if refusal is not None:
+            return AuthzAnswer(False, refusal.message)
+        return AuthzAnswer(True)
+
+    async def authz_response(self, req: AuthzRequest) -> AuthzAnswer:
+        self.tickets.finish(_header(req.headers, TOKEN_HEADER))
+        return AuthzAnswer(True)
+
+    async def start_guard(self, request: Request, identity: Identity, already_checked: bool = False) -> Decision | None:
+        """On every container start: its recorded GPUs must be free (or are re-acquired)."""
+        route = route_of(request)
+        if self.gpus is None or route is None or route.endpoint != "/containers/{id}/start":
+            return None
+        info = await self.docker.inspect_container(route.params["id"])
+        if info is None:
+            return None
+        return await self.gpus.guard_start(info, identity, self.clock(), already_checked)
+
+
+def _header(headers: dict[str, str], name: str) -> str | None:
+    lowered = name.lower()
+    for key, value in headers.items():
+        if key.lower() == lowered:
+            return value
+    return None
+
+
+def _try_body(route: Route, request: Request) -> dict[str, Any] | None:
+    try:
+        body = parse_body(route, request)
+    except Exception:  # noqa: BLE001 - the engine reports body problems with its own reason
+        return None
+    return body if isinstance(body, dict) else None
+
+
+__all__ = ["Service", "allow", "facts_from_container"]

@@ -1,0 +1,67 @@
+"""Single-use tokens that mark a request as the gateway's, checked in-process by the plugin.
+
+The gateway adds ``X-Ds01-Token`` to what it forwards; the plugin, in the same process, looks
+the token up. Nothing outside ds01d can mint one, and clients' own X-Ds01-* headers are
+stripped, so a request without a valid token is direct access.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from policy.identity import Identity
+
+TOKEN_HEADER = "X-Ds01-Token"
+_MAX_LIVE = 100_000  # tokens of streams that never got an AuthZRes are evicted oldest first
+
+
+@dataclass
+class Ticket:
+    identity: Identity
+    method: str
+    target: str
+    body_sha256: str | None  # the approved body, when the gateway buffered one
+    issued: float
+    requests_seen: int = 0
+
+
+def body_digest(body: bytes | None) -> str | None:
+    return hashlib.sha256(body).hexdigest() if body else None
+
+
+class Tickets:
+    def __init__(self) -> None:
+        self._live: OrderedDict[str, Ticket] = OrderedDict()
+
+    def issue(self, identity: Identity, method: str, target: str, body: bytes | None) -> str:
+        token = secrets.token_urlsafe(24)
+        self._live[token] = Ticket(identity, method, target, body_digest(body), time.monotonic())
+        while len(self._live) > _MAX_LIVE:
+            self._live.popitem(last=False)
+        return token
+
+    def redeem(self, token: str | None, method: str, uri: str, body: bytes | None) -> Ticket | None:
+        """The ticket for an AuthZReq, once; None if the token is unknown, reused or mismatched."""
+        ticket = self._live.get(token or "")
+        if ticket is None or ticket.requests_seen:
+            return None
+        ticket.requests_seen += 1
+        if ticket.method != method or ticket.target != uri:
+            return None
+        if ticket.body_sha256 is not None and ticket.body_sha256 != body_digest(body):
+            return None
+        return ticket
+
+    def finish(self, token: str | None) -> Ticket | None:
+        """The ticket for the AuthZRes of its request; the token is then gone."""
+        return self._live.pop(token or "", None)
+
+    def discard(self, token: str) -> None:
+        self._live.pop(token, None)
+
+    def __len__(self) -> int:
+        return len(self._live)

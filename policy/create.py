@@ -1,0 +1,369 @@
+"""``POST /containers/create``: refuse what the policy forbids, rewrite the rest canonically.
+
+The rewrite pins the container to its owner: owner labels, the owner's cgroup parent, the
+owner's per-container limits, and no NVIDIA_* variables of the user's own choosing (devices
+come only from the allocator, through :func:`apply_allocation`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from allocator.labels import (
+    LABEL_ALLOCATED_AT,
+    LABEL_DEVICES,
+    LABEL_GPUEQ,
+    LABEL_GROUP,
+    LABEL_PREFIX,
+    LABEL_UID,
+    LABEL_USER,
+    USER_SETTABLE_LABELS,
+    format_devices,
+    format_gpueq,
+    format_time,
+)
+from allocator.request import GpuRequestError, parse_gpu_request
+
+from .decision import Decision, Denied, allow, deny, not_found
+from .identity import Identity
+from .limits import Limits
+from .mounts import bind_problem
+from .slices import cgroup_parent
+from .state import State
+from .strict_json import CONTAINER_CREATE
+from .units import format_size
+
+NANO = 1_000_000_000
+
+# Host features a user gets only when the policy grants them (`allow:`), with the CLI flag
+# the user typed, so the message speaks their language.
+_NAMESPACE_FLAGS = {
+    "PidMode": "--pid",
+    "IpcMode": "--ipc",
+    "NetworkMode": "--network",
+    "UTSMode": "--uts",
+    "UsernsMode": "--userns",
+    "CgroupnsMode": "--cgroupns",
+}
+_SAFE_SECURITY_OPTS = {"no-new-privileges", "no-new-privileges:true", "no-new-privileges=true"}
+_SAFE_LOG_DRIVERS = {"", "json-file", "local", "none", "journald"}
+_SAFE_RUNTIMES = {"", "runc", "io.containerd.runc.v2"}
+_NON_ISOLATING_MODES = {"host"}
+
+
+def who(limits: Limits) -> str:
+    return f"group {limits.group}" if limits.group != "default" else f"user {limits.user}"
+
+
+def refuse(code: str, reason: str, fix: str) -> Denied:
+    return Denied(deny(code, reason, fix))
+
+
+def decide_create(
+    body: dict[str, Any], identity: Identity, limits: Limits, state: State
+) -> Decision:
+    """Approve ``body`` (already strictly parsed against CONTAINER_CREATE) with a rewrite."""
+    if not isinstance(body.get("Image"), str) or not body["Image"]:
+        raise refuse("bad_body", "the create request names no image", "give an image name")
+    host = body.setdefault("HostConfig", {}) or {}
+    body["HostConfig"] = host
+    changes: list[str] = []
+    try:
+        gpu_request = parse_gpu_request(host.get("DeviceRequests"))
+    except GpuRequestError as exc:
+        raise refuse("gpu_request", exc.reason, exc.fix) from None
+    if not limits.is_admin:
+        _check_host_config(host, identity, limits, state)
+        _check_references(body, host, identity, state)
+        _check_gpu_container(host, gpu_request)
+        _apply_resources(host, limits, changes)
+        if limits.max_containers is not None and state.user_containers >= limits.max_containers:
+            raise refuse(
+                "max_containers",
+                f"you already have {state.user_containers} containers, the limit for "
+                f"{who(limits)} is {limits.max_containers}",
+                "remove containers you no longer need (docker ps -a; docker rm NAME)",
+            )
+        parent = cgroup_parent(state.cgroup_driver, identity.user, limits.group)
+        if host.get("CgroupParent") != parent:
+            host["CgroupParent"] = parent
+            changes.append(f"CgroupParent={parent}")
+    if host.get("DeviceRequests"):
+        changes.append("DeviceRequests replaced by the allocator's devices")
+    host["DeviceRequests"] = None
+    _pin_owner(body, identity, limits, changes)
+    _scrub_env(body, changes)
+    return allow(body=body, gpu_request=gpu_request, changes=tuple(changes))
+
+
+def apply_allocation(
+    body: dict[str, Any], devices: list[str], gpueq: float, now: float
+) -> dict[str, Any]:
+    """Put the allocator's devices into an approved create body (no devices: ``void``)."""
+    host = body.setdefault("HostConfig", {})
+    env = [e for e in body.get("Env") or [] if not e.startswith("NVIDIA_VISIBLE_DEVICES=")]
+    labels = body.setdefault("Labels", {})
+    if devices:
+        host["DeviceRequests"] = [
+            {"Driver": "nvidia", "DeviceIDs": list(devices), "Capabilities": [["gpu"]]}
+        ]
+        env.append("NVIDIA_VISIBLE_DEVICES=" + ",".join(devices))
+        labels[LABEL_DEVICES] = format_devices(devices)
+        labels[LABEL_GPUEQ] = format_gpueq(gpueq)
+        labels[LABEL_ALLOCATED_AT] = format_time(now)
+    else:
+        host["DeviceRequests"] = None
+        env.append("NVIDIA_VISIBLE_DEVICES=void")
+    body["Env"] = env
+    return body
+
+
+def _pin_owner(body: dict[str, Any], identity: Identity, limits: Limits, changes: list[str]) -> None:
+    labels = body.get("Labels") or {}
+    spoofed = sorted(k for k in labels if _reserved_label(k))
+    if spoofed:
+        changes.append("removed labels " + ", ".join(spoofed))
+    labels = {k: v for k, v in labels.items() if not _reserved_label(k)}
+    labels[LABEL_USER] = identity.user
+    labels[LABEL_UID] = "" if identity.uid is None else str(identity.uid)
+    labels[LABEL_GROUP] = limits.group
+    body["Labels"] = labels
+
+
+def owned_labels(labels: dict[str, str] | None, user: str) -> dict[str, str]:
+    """``labels`` without any DS01-reserved label a user set, plus the true owner."""
+    out = {k: v for k, v in (labels or {}).items() if not _reserved_label(k)}
+    out[LABEL_USER] = user
+    return out
+
+
+def _reserved_label(key: str) -> bool:
+    return key.casefold().startswith(LABEL_PREFIX) and key not in USER_SETTABLE_LABELS
+
+
+def _scrub_env(body: dict[str, Any], changes: list[str]) -> None:
+    env = body.get("Env") or []
+    removed = [e.split("=", 1)[0] for e in env if e.upper().startswith("NVIDIA_")]
+    if removed:
+        changes.append("removed env " + ", ".join(sorted(set(removed))))
+    body["Env"] = [e for e in env if not e.upper().startswith("NVIDIA_")]
+
+
+def _check_host_config(host: dict[str, Any], identity: Identity, limits: Limits, state: State) -> None:
+    group = who(limits)
+    ask = "ask an admin to grant it in the DS01 policy (allow: [...])"
+    if host.get("Privileged") and not limits.allows("privileged"):
+        raise refuse("privileged", f"--privileged is not allowed for {group}", "run without --privileged")
+    if host.get("CapAdd") and not limits.allows("cap_add"):
+        caps = ", ".join(host["CapAdd"])
+        raise refuse("cap_add", f"--cap-add {caps} is not allowed for {group}", f"drop --cap-add, or {ask}")
+    if host.get("Devices") and not limits.allows("devices"):
+        raise refuse(
+            "devices", f"--device is not allowed for {group}", "ask for GPUs with --gpus, not --device"
+        )
+    if host.get("DeviceCgroupRules") and not limits.allows("device_cgroup_rules"):
+        raise refuse(
+            "device_cgroup_rules", f"--device-cgroup-rule is not allowed for {group}", f"drop it, or {ask}"
+        )
+    unsafe = [o for o in host.get("SecurityOpt") or [] if o not in _SAFE_SECURITY_OPTS]
+    if unsafe and not limits.allows("security_opt"):
+        raise refuse(
+            "security_opt",
+            f"--security-opt {unsafe[0]} is not allowed for {group} (only no-new-privileges is)",
+            f"drop --security-opt {unsafe[0]}",
+        )
+    if host.get("Sysctls") and not limits.allows("sysctls"):
+        raise refuse("sysctls", f"--sysctl is not allowed for {group}", f"drop --sysctl, or {ask}")
+    if host.get("Runtime", "") not in _SAFE_RUNTIMES and not limits.allows("runtime"):
+        raise refuse(
+            "runtime",
+            f"--runtime {host['Runtime']} is not allowed for {group}",
+            "drop --runtime; GPUs are given with --gpus",
+        )
+    if host.get("Isolation", "") not in ("", "default"):
+        raise refuse("isolation", f"--isolation {host['Isolation']} is not supported", "drop --isolation")
+    if host.get("CgroupParent") and host["CgroupParent"] != cgroup_parent(
+        state.cgroup_driver, identity.user, limits.group
+    ):
+        raise refuse(
+            "cgroup_parent",
+            "--cgroup-parent is chosen by DS01 (your containers run in your own cgroup)",
+            "drop --cgroup-parent",
+        )
+    for key, flag in _NAMESPACE_FLAGS.items():
+        mode = host.get(key) or ""
+        if mode in _NON_ISOLATING_MODES and not limits.allows("host_namespaces"):
+            raise refuse(
+                f"{flag[2:]}_host", f"{flag}=host is not allowed for {group}", f"drop {flag}=host"
+            )
+    if host.get("MaskedPaths") is not None or host.get("ReadonlyPaths") is not None:
+        raise refuse(
+            "system_paths",
+            "changing the masked or read-only /proc paths (--security-opt systempaths=...) is not allowed",
+            "drop --security-opt systempaths=unconfined",
+        )
+    if host.get("Annotations"):
+        raise refuse("annotations", "--annotation is not allowed for " + group, "drop --annotation")
+    if host.get("OomKillDisable"):
+        raise refuse("oom_kill_disable", "--oom-kill-disable is not allowed", "drop --oom-kill-disable")
+    if (host.get("OomScoreAdj") or 0) < 0:
+        raise refuse(
+            "oom_score_adj",
+            "a negative --oom-score-adj would make the kernel kill other users' processes first",
+            "drop --oom-score-adj or use a value >= 0",
+        )
+    log_type = (host.get("LogConfig") or {}).get("Type") or ""
+    if log_type not in _SAFE_LOG_DRIVERS:
+        raise refuse("log_driver", f"--log-driver {log_type} is not allowed", "use the default log driver")
+    if (host.get("VolumeDriver") or "") not in ("", "local"):
+        raise refuse("volume_driver", "--volume-driver is not allowed", "drop --volume-driver")
+    for bind in host.get("Binds") or []:
+        _check_bind_string(bind, identity, limits, state)
+    for mount in host.get("Mounts") or []:
+        _check_mount(mount or {}, identity, limits, state)
+
+
+def _check_bind_string(bind: str, identity: Identity, limits: Limits, state: State) -> None:
+    source = bind.split(":", 1)[0]
+    if source.startswith("/"):
+        problem = bind_problem(source, identity, limits, state)
+        if problem:
+            raise refuse("bind_mount", problem, "mount a folder under your home directory instead")
+    elif ":" not in bind:
+        return  # an anonymous volume ("/data" alone is parsed above; a bare name is a target)
+    else:
+        _check_volume_name(source, identity, state)
+
+
+def _check_mount(mount: dict[str, Any], identity: Identity, limits: Limits, state: State) -> None:
+    kind = mount.get("Type") or ""
+    source = mount.get("Source") or ""
+    if kind == "bind":
+        problem = bind_problem(source, identity, limits, state)
+        if problem:
+            raise refuse("bind_mount", problem, "mount a folder under your home directory instead")
+    elif kind == "volume":
+        driver = ((mount.get("VolumeOptions") or {}).get("DriverConfig") or {})
+        _check_volume_driver(driver.get("Name") or "", driver.get("Options") or {})
+        if source:
+            _check_volume_name(source, identity, state)
+    elif kind not in ("tmpfs", "image"):
+        raise refuse("mount_type", f"mounts of type {kind!r} are not allowed", "use bind, volume or tmpfs")
+
+
+def _check_volume_driver(driver: str, options: dict[str, Any]) -> None:
+    if driver not in ("", "local"):
+        raise refuse("volume_driver", f"volume driver {driver!r} is not allowed", "use the local driver")
+    if any(k.casefold() in ("type", "o", "device") for k in options):
+        raise refuse(
+            "volume_bind_options",
+            "local volumes with type/o/device options can mount any host path",
+            "use a plain named volume, or bind-mount a folder under your home directory",
+        )
+
+
+def _check_volume_name(name: str, identity: Identity, state: State) -> None:
+    # A volume that does not exist yet is created for the user; someone else's is invisible.
+    facts = state.related.get(f"volume:{name}")
+    if facts is not None and facts.owner != identity.user:
+        raise Denied(not_found("volume", name))
+
+
+def _check_references(body: dict[str, Any], host: dict[str, Any], identity: Identity, state: State) -> None:
+    """Other containers the body names (namespaces, VolumesFrom, links) must be the user's."""
+    for ref in referenced_containers(body):
+        facts = state.related.get(f"container:{ref}")
+        if facts is None or facts.owner != identity.user:
+            raise Denied(not_found("container", ref))
+
+
+def referenced_containers(body: dict[str, Any]) -> list[str]:
+    """Container names/IDs a create body refers to; the I/O layer looks them up."""
+    host = body.get("HostConfig") or {}
+    refs = []
+    for key in _NAMESPACE_FLAGS:
+        mode = host.get(key) or ""
+        if mode.startswith("container:"):
+            refs.append(mode.split(":", 1)[1])
+    for entry in host.get("VolumesFrom") or []:
+        refs.append(entry.split(":", 1)[0])
+    for link in host.get("Links") or []:
+        refs.append(link.split(":", 1)[0].lstrip("/"))
+    return refs
+
+
+def referenced_volumes(body: dict[str, Any]) -> list[str]:
+    """Named volumes a create body mounts; the I/O layer looks up their owners."""
+    host = body.get("HostConfig") or {}
+    names = []
+    for bind in host.get("Binds") or []:
+        source = bind.split(":", 1)[0]
+        if ":" in bind and not source.startswith("/"):
+            names.append(source)
+    for mount in host.get("Mounts") or []:
+        if (mount or {}).get("Type") == "volume" and mount.get("Source"):
+            names.append(mount["Source"])
+    return names
+
+
+def _check_gpu_container(host: dict[str, Any], gpu_request: Any) -> None:
+    restart = (host.get("RestartPolicy") or {}).get("Name") or "no"
+    if gpu_request is not None and restart not in ("", "no"):
+        raise refuse(
+            "gpu_restart_policy",
+            f"--restart {restart} is not allowed with GPUs: dockerd would restart the container "
+            "without asking DS01 for its GPU",
+            "drop --restart (DS01 keeps your GPU for the hold time after a stop)",
+        )
+
+
+def _apply_resources(host: dict[str, Any], limits: Limits, changes: list[str]) -> None:
+    group = who(limits)
+    _cap_int(host, "Memory", limits.memory, "--memory", group, changes, format_size)
+    if limits.memory is not None:
+        swap = host.get("MemorySwap") or 0
+        if swap not in (0, host["Memory"]):
+            raise refuse(
+                "memory_swap",
+                "--memory-swap is not allowed: containers get no swap beyond --memory",
+                "drop --memory-swap",
+            )
+        host["MemorySwap"] = host["Memory"]
+    _cap_int(host, "ShmSize", limits.shm_size, "--shm-size", group, changes, format_size)
+    _cap_int(host, "PidsLimit", limits.pids_limit, "--pids-limit", group, changes, str)
+    _cap_cpus(host, limits.max_cpus, group, changes)
+
+
+def _cap_int(host, key, cap, flag, group, changes, fmt) -> None:  # noqa: ANN001
+    if cap is None:
+        return
+    value = host.get(key) or 0
+    if value <= 0:  # unset, or "unlimited" (-1): apply the policy's value
+        host[key] = cap
+        changes.append(f"{key}={cap}")
+    elif value > cap:
+        raise refuse(
+            key.lower(),
+            f"{flag} {fmt(value)} is over the per-container limit of {fmt(cap)} for {group}",
+            f"ask for at most {flag} {fmt(cap)}",
+        )
+
+
+def _cap_cpus(host: dict[str, Any], max_cpus: float | None, group: str, changes: list[str]) -> None:
+    if max_cpus is None:
+        return
+    nano = host.get("NanoCpus") or 0
+    quota, period = host.get("CpuQuota") or 0, host.get("CpuPeriod") or 0
+    asked = nano / NANO if nano > 0 else (quota / (period or 100_000) if quota > 0 else None)
+    if asked is not None and asked > max_cpus + 1e-9:
+        raise refuse(
+            "max_cpus",
+            f"--cpus {asked:g} is over the per-container limit of {max_cpus:g} CPUs for {group}",
+            f"ask for at most --cpus {max_cpus:g}",
+        )
+    if asked is None:
+        host["NanoCpus"] = int(max_cpus * NANO)
+        changes.append(f"NanoCpus={host['NanoCpus']}")
+
+
+SHAPE = CONTAINER_CREATE
