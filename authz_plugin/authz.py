@@ -86,7 +86,8 @@ def parse_authz(raw: bytes, response: bool) -> AuthzRequest:
         raise BadPluginRequest("the AuthZ request is not JSON") from None
     if not isinstance(data, dict):
         raise BadPluginRequest("the AuthZ request is not a JSON object")
-    method, uri = data.get("RequestMethod"), data.get("RequestURI")
+    # moby's authorization.Request names it "RequestUri" (json tag); accept both spellings.
+    method, uri = data.get("RequestMethod"), data.get("RequestUri", data.get("RequestURI"))
     if not isinstance(method, str) or not isinstance(uri, str) or not method or not uri:
         raise BadPluginRequest("the AuthZ request has no method or URI")
     user = data.get("User") or ""

@@ -9,14 +9,22 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from aiohttp import web
 
+from allocator.inventory import InventoryError, load_inventory
+from allocator.ledger import Ledger
+from policy.identity import Identity
+from policy.limits import Limits
 from policy.loader import PolicyError
 
 from .authz import plugin_app
 from .docker_client import DockerClient, socket_path
+from .events import EventWatcher
+from .gpus import GpuBroker
+from .identities import identity_for_uid
 from .policy_store import PolicyStore
 from .service import Service
 
@@ -65,15 +73,37 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.policy = PolicyStore(args.policy)
         self.docker = DockerClient(args.docker_host)
+        self.inventory = load_inventory(args.inventory)
+        for problem in self.inventory.problems:
+            log.warning("GPU inventory: %s", problem)
+        self.broker = GpuBroker(
+            Ledger(self.inventory),
+            limits_for=self._limits_for,
+            clock=time.time,
+            stop_container=self._stop_container,
+        )
         self.service = Service(
             self.policy,
             self.docker,
+            gpus=self.broker,
             cgroup_driver=args.cgroup_driver or self.policy.cgroup_driver,
             protected_paths=self._protected_paths(),
+            realpath=os.path.realpath,
         )
+        self.events = EventWatcher(self.docker, self.broker, time.time)
         self.runners: list[web.AppRunner] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.gateway = None
+
+    def _limits_for(self, user: str, uid: int | None) -> Limits:
+        identity = identity_for_uid(uid) if uid is not None else Identity(uid=None, user=user)
+        if identity.user != user:  # the uid was reused: trust the recorded name
+            identity = Identity(uid=uid, user=user)
+        return self.policy.limits(identity)
+
+    async def _stop_container(self, container_id: str, why: str) -> None:
+        log.warning("stopping %s: %s", container_id[:12], why)
+        await self.docker.request("POST", f"/containers/{container_id}/stop", params={"t": "10"})
 
     def _protected_paths(self) -> tuple[str, ...]:
         paths = {
@@ -96,6 +126,8 @@ class Daemon:
             await self.gateway.start(self.args.gateway_socket, mode=int(self.args.gateway_mode, 8))
             log.info("gateway listening on %s -> %s", self.args.gateway_socket, self.args.docker_host)
         self.tasks.append(asyncio.create_task(self._watch_policy()))
+        self.tasks.append(asyncio.create_task(self.events.follow()))
+        self.tasks.append(asyncio.create_task(self.events.periodic()))
 
     async def _watch_policy(self) -> None:
         while not self.stopping.is_set():
@@ -139,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(run(args))
     except PolicyError as exc:
         print(f"ds01d: invalid policy: {exc}", file=sys.stderr)
+        return 2
+    except InventoryError as exc:
+        print(f"ds01d: invalid GPU inventory: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"ds01d: {exc}", file=sys.stderr)

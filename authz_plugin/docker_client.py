@@ -28,13 +28,14 @@ def socket_path(docker_host: str) -> str:
 class DockerClient:
     def __init__(self, docker_host: str) -> None:
         self.path = socket_path(docker_host)
+        self.headers: dict[str, str] = {}  # sent with every call (ds01d's internal token)
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.UnixConnector(path=self.path, limit=32)
             self._session = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=60)
+                connector=connector, timeout=aiohttp.ClientTimeout(total=60), headers=self.headers
             )
         return self._session
 

@@ -36,6 +36,11 @@ def body_digest(body: bytes | None) -> str | None:
 class Tickets:
     def __init__(self) -> None:
         self._live: OrderedDict[str, Ticket] = OrderedDict()
+        # ds01d's own calls to dockerd (inspect, events, stop) carry this multi-use secret.
+        self.internal = secrets.token_urlsafe(32)
+
+    def is_internal(self, token: str | None) -> bool:
+        return token is not None and secrets.compare_digest(token, self.internal)
 
     def issue(self, identity: Identity, method: str, target: str, body: bytes | None) -> str:
         token = secrets.token_urlsafe(24)

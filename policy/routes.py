@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 # API versions dockerd has shipped and that we understand. Below 1.24 dockerd still honours
 # legacy bodies (HostConfig on /start), so those are refused outright.
@@ -141,12 +141,22 @@ _ROUTES = [
 ]
 
 
+def _first_segment(path: str) -> str:
+    return re.split(r"[/{]", path[1:], maxsplit=1)[0]
+
+
+# Index by first path segment: routing is on every request's hot path.
+_BY_SEGMENT: dict[str, list[tuple[frozenset[str], str, re.Pattern[str]]]] = {}
+for _route in _ROUTES:
+    _BY_SEGMENT.setdefault(_first_segment(_route[1]), []).append(_route)
+
+
 def parse_route(method: str, target: str) -> Route:
     """Route ``method target`` like dockerd does, or raise RouteError with the reason."""
     if not target.startswith("/"):
         raise RouteError(f"request target {target[:80]!r} is not an absolute path")
-    split = urlsplit(target)
-    path = split.path
+    path, _, query_text = target.partition("?")
+    path = path.partition("#")[0]
     if "%" in path:
         raise RouteError("percent-encoded characters in the request path are not accepted")
     if "//" in path or "/./" in path or "/../" in path or path.endswith(("/.", "/..")):
@@ -167,11 +177,11 @@ def parse_route(method: str, target: str) -> Route:
     elif path.startswith("/v") and re.match(r"^/v[0-9]", path):
         raise RouteError("malformed API version prefix in the request path")
     try:
-        query = parse_qs(split.query, keep_blank_values=True, strict_parsing=False)
+        query = parse_qs(query_text, keep_blank_values=True) if query_text else {}
     except ValueError as exc:
         raise RouteError(f"unparsable query string: {exc}") from None
     method = method.upper()
-    for methods, template, pattern in _ROUTES:
+    for methods, template, pattern in _BY_SEGMENT.get(_first_segment(path), ()):
         found = pattern.match(path)
         if found and method in methods:
             return Route(method, template, found.groupdict(), query, version, path)

@@ -1,0 +1,272 @@
+"""The GPU broker: the allocator's ledger and wait queue, driven by creates, starts and events.
+
+Every ledger call is synchronous and the daemon is one event loop, so each decision is
+atomic without locks: nothing awaits between "is it free" and "it is yours".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import replace
+from datetime import datetime
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from allocator.labels import LABEL_DEVICES, LABEL_GROUP, LABEL_USER, LABEL_WAIT, parse_devices, parse_uid
+from allocator.ledger import Ledger, Reservation
+from allocator.queue import Ticket, WaitQueue, wait_seconds
+from allocator.reconcile import ContainerSummary, Conflict
+from allocator.refusal import Refusal
+from allocator.request import GpuRequest
+from policy.decision import Decision, deny
+from policy.identity import Identity
+from policy.limits import Limits
+from policy.units import UnitError, format_duration
+
+log = logging.getLogger("ds01.gpus")
+
+# A create that never came back (client and dockerd both gone) frees its reservation.
+RESERVATION_MAX_AGE = 300.0
+# `gpu_wait: null` means "as long as it takes", bounded so no request hangs for ever.
+LONGEST_WAIT = 24 * 3600.0
+
+
+def refusal_decision(refusal: Refusal, note: str = "") -> Decision:
+    reason = refusal.reason + (f"; {note}" if note else "")
+    return deny(refusal.code, reason, refusal.fix, status=409 if refusal.waitable else 403)
+
+
+class GpuBroker:
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        limits_for: Callable[[str, int | None], Limits],
+        clock: Callable[[], float],
+        stop_container: Callable[[str, str], Any] | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.queue = WaitQueue()
+        self.limits_for = limits_for  # (user, uid) -> Limits, for holds and reacquire quotas
+        self.clock = clock
+        self.stop_container = stop_container  # async (container_id, why) for preemption
+        self.idle: set[str] = set()  # containers the lifecycle reports idle (preemptable)
+        self.conflicts: list[Conflict] = []
+        self._waiters: dict[str, asyncio.Future[Reservation | Refusal]] = {}
+        self._ids = itertools.count(1)
+        self.on_change: Callable[[], None] = lambda: None
+
+    # ---- create ---------------------------------------------------------------------------
+
+    async def reserve(
+        self, identity: Identity, limits: Limits, request: GpuRequest, body: dict[str, Any], now: float
+    ) -> Reservation | Decision:
+        """Devices for a create, waiting in the queue if the policy allows; else a denial."""
+        result = self.ledger.reserve(identity.user, identity.uid, limits.group, limits, request, now)
+        if isinstance(result, Reservation):
+            self.on_change()
+            return result
+        if not result.waitable:
+            return refusal_decision(result)
+        if limits.preempt_idle:
+            preempted = await self._preempt(identity, limits, request, now)
+            if isinstance(preempted, Reservation):
+                return preempted
+        try:
+            wait = wait_seconds((body.get("Labels") or {}).get(LABEL_WAIT), limits.gpu_wait)
+        except UnitError as exc:
+            return deny("bad_wait", f"label {LABEL_WAIT}: {exc}", "use a duration like 10m")
+        if wait is not None and wait <= 0:
+            ahead = len(self.queue)
+            note = f"{ahead} request{'s' if ahead != 1 else ''} already waiting" if ahead else ""
+            if limits.gpu_wait is None or limits.gpu_wait > 0:
+                note += ("; " if note else "") + f"add --label {LABEL_WAIT}=10m to wait in the queue"
+            return refusal_decision(result, note)
+        return await self._wait(identity, limits, request, now, wait)
+
+    async def _wait(
+        self, identity: Identity, limits: Limits, request: GpuRequest, now: float, wait: float | None
+    ) -> Reservation | Decision:
+        wait = LONGEST_WAIT if wait is None else min(wait, LONGEST_WAIT)
+        ticket = Ticket(f"t{next(self._ids)}", identity.user, identity.uid, limits.group,
+                        int(limits.priority), request, limits, now, now + wait)
+        future: asyncio.Future[Reservation | Refusal] = asyncio.get_running_loop().create_future()
+        self._waiters[ticket.id] = future
+        position = self.queue.enqueue(ticket)
+        log.info("%s waits for %s (place %d, up to %s)", identity.user, request.describe(), position,
+                 format_duration(wait))
+        self.on_change()
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(future), timeout=wait)
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            self.queue.remove(ticket.id)
+            self._waiters.pop(ticket.id, None)
+            if future.done() and not future.cancelled():
+                granted = future.result()  # served just as we gave up: hand it back
+                if isinstance(granted, Reservation):
+                    self.ledger.rollback(granted.reservation_id)
+                    self.dispatch()
+            self.on_change()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return deny("gpu_wait_timeout",
+                        f"waited {format_duration(wait)} in the GPU queue without a device coming free",
+                        "try again later, or see who holds what with `ds01 gpus`", status=409)
+        self._waiters.pop(ticket.id, None)
+        if isinstance(outcome, Refusal):
+            return refusal_decision(outcome)
+        return outcome
+
+    async def _preempt(
+        self, identity: Identity, limits: Limits, request: GpuRequest, now: float
+    ) -> Reservation | None:
+        victims = self.ledger.preemption_plan(identity.user, limits, request, now, self.idle)
+        if not victims or self.stop_container is None:
+            return None
+        for victim in victims:
+            why = (f"its GPU was given to a higher-priority request of {identity.user} "
+                   "because the container was idle")
+            log.warning("preempting %s (%s): %s", victim.container_id, victim.user, why)
+            if victim.container_id:
+                await self.stop_container(victim.container_id, why)
+            self.ledger.rollback(victim.reservation_id)
+            if victim.container_id:
+                self.ledger.container_removed(victim.container_id)  # released now, not after a hold
+        result = self.ledger.reserve(identity.user, identity.uid, limits.group, limits, request, self.clock())
+        return result if isinstance(result, Reservation) else None
+
+    def bind(self, reservation: Reservation, container_id: str) -> None:
+        self.ledger.bind(reservation.reservation_id, container_id)
+        self.on_change()
+
+    def rollback(self, reservation: Reservation) -> None:
+        if self.ledger.rollback(reservation.reservation_id) is not None:
+            self.dispatch()
+
+    def dispatch(self) -> None:
+        """Hand freed devices to waiting creates: priority first, then waiting time."""
+        now = self.clock()
+        for ticket in self.queue.expire(now):
+            self._waiters.pop(ticket.id, None)
+        if len(self.queue):
+            result = self.queue.next_eligible(self.ledger, now)
+            for ticket, outcome in (*result.granted, *result.refused):
+                future = self._waiters.get(ticket.id)
+                if future is not None and not future.done():
+                    future.set_result(outcome)
+                elif isinstance(outcome, Reservation):
+                    self.ledger.rollback(outcome.reservation_id)
+        self.on_change()
+
+    # ---- start ----------------------------------------------------------------------------
+
+    async def guard_start(
+        self, info: dict[str, Any], identity: Identity, now: float, already_checked: bool = False
+    ) -> Decision | None:
+        """A starting container gets its recorded devices back, or the start is refused."""
+        container_id = info.get("Id", "")
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        devices = parse_devices(labels.get(LABEL_DEVICES))
+        if not devices:
+            return self._guard_unlabelled(info)
+        user = labels.get(LABEL_USER, "?")
+        uid = parse_uid(labels)
+        limits = self.limits_for(user, uid)
+        result = self.ledger.reacquire(container_id, devices, user=user, uid=uid,
+                                       group=labels.get(LABEL_GROUP, limits.group), now=now, limits=limits)
+        if isinstance(result, Refusal):
+            return refusal_decision(result)
+        self.on_change()
+        return None
+
+    def _guard_unlabelled(self, info: dict[str, Any]) -> Decision | None:
+        # A container created around DS01 (direct access) asking for GPUs: it may start only
+        # on devices nobody holds.
+        requests = (info.get("HostConfig") or {}).get("DeviceRequests") or []
+        for req in requests:
+            for device_id in req.get("DeviceIDs") or []:
+                holder = self.ledger.holder(device_id) or self._holder_by_index(device_id)
+                if holder is not None and holder.container_id != info.get("Id"):
+                    return deny("device_busy", f"{device_id} is held by {holder.whose(self.clock())}",
+                                "start it when the device is free, or create it through DS01")
+            if not req.get("DeviceIDs") and (req.get("Count") or 0) != 0 and self.ledger.allocations():
+                return deny("device_busy", "this container asks for GPUs by count outside DS01 while "
+                            "DS01 has GPUs allocated", "create GPU containers through the DS01 gateway")
+        return None
+
+    def _holder_by_index(self, device_id: str) -> Any:
+        if not device_id.isdigit():
+            return None
+        for gpu in self.ledger.inventory.gpus:
+            if str(gpu.index) == device_id:
+                return self.ledger.holder(gpu.uuid)
+        return None
+
+    # ---- events and reconcile -------------------------------------------------------------
+
+    def container_died(self, container_id: str, now: float) -> None:
+        alloc = self.ledger.allocation_of(container_id)
+        if alloc is None:
+            return
+        hold = self.limits_for(alloc.user, alloc.uid).gpu_hold_after_stop
+        self.ledger.container_stopped(container_id, now, hold)
+        self.dispatch()
+
+    def container_destroyed(self, container_id: str) -> None:
+        if self.ledger.container_removed(container_id) is not None:
+            self.dispatch()
+
+    def tick(self, now: float) -> None:
+        """Periodic: holds that ran out, reservations that never came back, queue deadlines."""
+        changed = self.ledger.expire_holds(now) + self.ledger.expire_reservations(now, RESERVATION_MAX_AGE)
+        if changed or len(self.queue):
+            self.dispatch()
+
+    def rebuild(self, containers: list[ContainerSummary], now: float) -> list[Conflict]:
+        self.conflicts = self.ledger.rebuild(
+            containers,
+            now,
+            hold_for=lambda user: self.limits_for(user, None).gpu_hold_after_stop,
+            priority_for=lambda user: int(self.limits_for(user, None).priority),
+        )
+        for conflict in self.conflicts:
+            log.warning("reconcile: %s", conflict.message)
+        self.dispatch()
+        return self.conflicts
+
+
+async def container_summaries(docker: Any) -> list[ContainerSummary]:
+    """What the ledger is rebuilt from: every container's labels and state, plus, where it
+    matters, when it stopped and which GPUs dockerd gives an unlabelled one."""
+    out = []
+    for entry in await docker.list_containers():
+        labels = entry.get("Labels") or {}
+        state = entry.get("State", "created")
+        summary = ContainerSummary(id=entry.get("Id", ""), labels=labels, state=state)
+        has_devices = bool(labels.get(LABEL_DEVICES))
+        if (has_devices and state in ("exited", "dead")) or (not has_devices and state == "running"):
+            info = await docker.inspect_container(summary.id)
+            if info is not None:
+                summary = replace(summary, finished_at=_finished_at(info), gpu_devices=_gpu_devices(info))
+        out.append(summary)
+    return out
+
+
+def _finished_at(info: dict[str, Any]) -> float | None:
+    text = (info.get("State") or {}).get("FinishedAt") or ""
+    if not text or text.startswith("0001-"):
+        return None
+    try:
+        return datetime.fromisoformat(text[:26].rstrip("Z") + "+00:00").timestamp()
+    except ValueError:
+        return None
+
+
+def _gpu_devices(info: dict[str, Any]) -> tuple[str, ...] | None:
+    requests = (info.get("HostConfig") or {}).get("DeviceRequests") or []
+    ids: list[str] = []
+    for req in requests:
+        ids.extend(req.get("DeviceIDs") or (["all"] if req.get("Count") else []))
+    return tuple(ids) or None
