@@ -22,9 +22,13 @@ from policy.loader import PolicyError
 
 from .authz import plugin_app
 from .docker_client import DockerClient, socket_path
+from .audit import AuditLog
+from .dcgm_mapping import JobMappingDir
 from .events import EventWatcher
 from .gpus import GpuBroker
 from .identities import identity_for_uid
+from .metrics import Metrics, serve_metrics
+from .recorder import Recorder
 from .policy_store import PolicyStore
 from .service import Service
 
@@ -44,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default="/var/lib/ds01", help="audit log, job mapping, state")
     p.add_argument("--inventory", default="auto", help="GPU inventory: FILE, auto (NVML) or none")
     p.add_argument("--metrics-address", help="serve Prometheus /metrics on HOST:PORT")
+    p.add_argument("--audit-log", help="audit log file (default: STATE_DIR/audit.jsonl)")
+    p.add_argument("--job-mapping-dir", help="dcgm-exporter --hpc-job-mapping-dir to keep (default: STATE_DIR/job-mapping)")
     p.add_argument("--cgroup-driver", choices=["cgroupfs", "systemd"], help="default: dockerd's")
     p.add_argument("--no-cgroups", action="store_true", help="do not manage per-user parent cgroups")
     p.add_argument("--dry-run", action="store_true", help="lifecycle: report, stop nothing")
@@ -71,7 +77,15 @@ class Daemon:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.stopping = asyncio.Event()
-        self.policy = PolicyStore(args.policy)
+        state_dir = Path(args.state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = Metrics()
+        self.audit = AuditLog(args.audit_log or state_dir / "audit.jsonl", on_drop=self.metrics.audit_dropped)
+        self.recorder = Recorder(
+            self.metrics, self.audit, JobMappingDir(args.job_mapping_dir or state_dir / "job-mapping")
+        )
+        self.policy = PolicyStore(args.policy, on_reload=self._policy_reloaded)
+        self.metrics.set_policy(self.policy.document.source, self.policy.sha256)
         self.docker = DockerClient(args.docker_host)
         self.inventory = load_inventory(args.inventory)
         for problem in self.inventory.problems:
@@ -82,10 +96,13 @@ class Daemon:
             clock=time.time,
             stop_container=self._stop_container,
         )
+        self.broker.on_change = lambda: self.recorder.gpu_state(self.broker.ledger, len(self.broker.queue))
+        self.broker.record = self.recorder.event
         self.service = Service(
             self.policy,
             self.docker,
             gpus=self.broker,
+            recorder=self.recorder,
             cgroup_driver=args.cgroup_driver or self.policy.cgroup_driver,
             protected_paths=self._protected_paths(),
             realpath=os.path.realpath,
@@ -94,6 +111,13 @@ class Daemon:
         self.runners: list[web.AppRunner] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.gateway = None
+
+    def _policy_reloaded(self, ok: bool, detail: str) -> None:
+        self.metrics.record_policy_reload(ok)
+        self.recorder.event("policy_reload", user=None, uid=None, result="ok" if ok else "error",
+                            reason=None if ok else detail)
+        if ok:
+            self.metrics.set_policy(self.policy.document.source, detail)
 
     def _limits_for(self, user: str, uid: int | None) -> Limits:
         identity = identity_for_uid(uid) if uid is not None else Identity(uid=None, user=user)
@@ -125,6 +149,10 @@ class Daemon:
             self.gateway = Gateway(GatewayHandler(self.service), socket_path(self.args.docker_host))
             await self.gateway.start(self.args.gateway_socket, mode=int(self.args.gateway_mode, 8))
             log.info("gateway listening on %s -> %s", self.args.gateway_socket, self.args.docker_host)
+        if self.args.metrics_address:
+            self.runners.append(await serve_metrics(self.metrics, self.args.metrics_address))
+            log.info("metrics on http://%s/metrics", self.args.metrics_address)
+        self.broker.on_change()
         self.tasks.append(asyncio.create_task(self._watch_policy()))
         self.tasks.append(asyncio.create_task(self.events.follow()))
         self.tasks.append(asyncio.create_task(self.events.periodic()))
@@ -147,6 +175,7 @@ class Daemon:
         for runner in self.runners:
             await runner.cleanup()
         await self.docker.close()
+        self.audit.close()
 
 
 async def run(args: argparse.Namespace) -> int:

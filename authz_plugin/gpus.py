@@ -57,6 +57,7 @@ class GpuBroker:
         self._waiters: dict[str, asyncio.Future[Reservation | Refusal]] = {}
         self._ids = itertools.count(1)
         self.on_change: Callable[[], None] = lambda: None
+        self.record: Callable[..., None] = lambda event, **fields: None  # the audit log
 
     # ---- create ---------------------------------------------------------------------------
 
@@ -139,6 +140,8 @@ class GpuBroker:
 
     def bind(self, reservation: Reservation, container_id: str) -> None:
         self.ledger.bind(reservation.reservation_id, container_id)
+        self.record("allocate", user=reservation.user, uid=reservation.uid, container=container_id,
+                    result="allow", devices=list(reservation.device_ids), gpueq=reservation.gpueq)
         self.on_change()
 
     def rollback(self, reservation: Reservation) -> None:
@@ -211,16 +214,27 @@ class GpuBroker:
         if alloc is None:
             return
         hold = self.limits_for(alloc.user, alloc.uid).gpu_hold_after_stop
-        self.ledger.container_stopped(container_id, now, hold)
+        after = self.ledger.container_stopped(container_id, now, hold)
+        if after is not None and after.state.value == "released":
+            self._released(after, "container stopped")
         self.dispatch()
 
     def container_destroyed(self, container_id: str) -> None:
-        if self.ledger.container_removed(container_id) is not None:
+        released = self.ledger.container_removed(container_id)
+        if released is not None:
+            self._released(released, "container removed")
             self.dispatch()
+
+    def _released(self, alloc: Any, why: str) -> None:
+        self.record("release", user=alloc.user, uid=alloc.uid, container=alloc.container_id,
+                    reason=why, devices=list(alloc.devices))
 
     def tick(self, now: float) -> None:
         """Periodic: holds that ran out, reservations that never came back, queue deadlines."""
-        changed = self.ledger.expire_holds(now) + self.ledger.expire_reservations(now, RESERVATION_MAX_AGE)
+        expired = self.ledger.expire_holds(now)
+        for alloc in expired:
+            self._released(alloc, "hold after stop ran out")
+        changed = expired + self.ledger.expire_reservations(now, RESERVATION_MAX_AGE)
         if changed or len(self.queue):
             self.dispatch()
 

@@ -130,8 +130,8 @@ CONTAINER_UPDATE: dict[str, Shape] = {
 
 EXEC_CREATE: dict[str, Shape] = {
     "AttachStdin": BOOL, "AttachStdout": BOOL, "AttachStderr": BOOL, "ConsoleSize": ListOf(INT),
-    "DetachKeys": STR, "Tty": BOOL, "Env": STRS, "Cmd": ANY, "Privileged": BOOL, "User": STR,
-    "WorkingDir": STR,
+    "Detach": BOOL, "DetachKeys": STR, "Tty": BOOL, "Env": STRS, "Cmd": ANY, "Privileged": BOOL,
+    "User": STR, "WorkingDir": STR,
 }
 
 EXEC_START: dict[str, Shape] = {"Detach": BOOL, "Tty": BOOL, "ConsoleSize": ListOf(INT)}
