@@ -6,9 +6,12 @@ Exit codes: 0 ok, 1 failure, 2 misuse.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
+import socket
 import sys
+import time
 from typing import Any
 
 from policy.identity import Identity
@@ -103,10 +106,332 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- talking to ds01d through the gateway ------------------------------------------------
+
+
+def gateway_socket() -> str:
+    host = os.environ.get("DOCKER_HOST", "")
+    if host.startswith("unix://"):
+        return host[len("unix://"):]
+    return os.environ.get("DS01_SOCKET", "/var/run/docker.sock")
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=30)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(30)
+        sock.connect(self.path)
+        self.sock = sock
+
+
+def api(method: str, path: str) -> Any:
+    """Call ds01d's /ds01/v1 API; it knows who we are from the socket."""
+    sock = gateway_socket()
+    conn = _UnixConnection(sock)
+    try:
+        conn.request(method, "/ds01/v1/" + path)
+        resp = conn.getresponse()
+        data = resp.read()
+    except OSError as exc:
+        raise Failure(f"cannot reach ds01d at {sock} ({exc.strerror or exc}). "
+                      "To fix: check that ds01d runs (ds01 doctor), or set DOCKER_HOST") from None
+    finally:
+        conn.close()
+    try:
+        body = json.loads(data)
+    except ValueError:
+        raise Failure(f"{sock} did not answer like ds01d (is the gateway in front of dockerd?). "
+                      "To fix: run ds01 doctor") from None
+    if resp.status >= 400:
+        message = body.get("message", "") if isinstance(body, dict) else str(body)
+        if resp.status == 404 and "page not found" in message:
+            raise Failure(f"{sock} is dockerd itself, not the DS01 gateway. To fix: run ds01 doctor")
+        raise Failure(message.removeprefix("ds01: "))
+    return body
+
+
+def _emit(args: argparse.Namespace, data: Any, render: Any) -> int:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print(render(data))
+    return 0
+
+
+def _colour(text: str, code: str) -> str:
+    return f"\033[{code}m{text}\033[0m" if sys.stdout.isatty() and not os.environ.get("NO_COLOR") else text
+
+
+def _ago(epoch: float | None, now: float | None = None) -> str:
+    if not epoch:
+        return "-"
+    return format_duration(max(0.0, (now or time.time()) - epoch))
+
+
+def _short(value: str | None) -> str:
+    return (value or "-")[:12]
+
+
+def cmd_limits(args: argparse.Namespace) -> int:
+    data = api("GET", "limits")
+
+    def render(d: dict[str, Any]) -> str:
+        v, src, use = d["limits"], d["sources"], d["usage"]
+        who = f"{d['user']} (group {d['group']}{', admin' if d['admin'] else ''})"
+        rows = [
+            ["containers", f"{use['containers']} ({use['running']} running)", show_value("max_containers", v["max_containers"]), src["max_containers"]],
+            ["whole GPUs", str(use["whole_gpus"]), show_value("max_gpus", v["max_gpus"]), src["max_gpus"]],
+            ["MIG instances", str(use["mig_instances"]), show_value("max_mig_instances", v["max_mig_instances"]), src["max_mig_instances"]],
+            ["GPU-equivalents", f"{use['gpu_equivalents']:.2f}", show_value("max_gpu_equivalents", v["max_gpu_equivalents"]), src["max_gpu_equivalents"]],
+        ]
+        for key in ("max_cpus", "memory", "shm_size", "pids_limit", "aggregate", "idle_timeout", "max_runtime",
+                    "gpu_hold_after_stop", "container_hold_after_stop", "bind_mounts", "allow"):
+            rows.append([key, "", show_value(key, v[key]), src.get(key, "built-in")])
+        out = [f"Limits for {who}", table(rows, ["WHAT", "IN USE", "LIMIT", "FROM"])]
+        for alloc in use["allocations"]:
+            devs = ", ".join(x["label"] for x in alloc["devices"])
+            out.append(f"  holding {devs} in container {_short(alloc['container'])} ({alloc['state']}, for {_ago(alloc['since'])})")
+        for q in d["queue"]:
+            out.append(_colour(f"  waiting for {q['request']}: place {q['position']} in the GPU queue", "33"))
+        return "\n".join(out)
+
+    return _emit(args, data, render)
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    data = api("GET", "containers" + ("?all=1" if args.all else ""))
+
+    def render(d: dict[str, Any]) -> str:
+        rows = []
+        for c in d["containers"]:
+            life = c.get("lifecycle") or {}
+            stop = life.get("stop_at")
+            when = f"{format_duration(max(0, stop - time.time()))} ({life.get('stop_reason')})" if stop else "-"
+            rows.append([_short(c["id"]), c["name"], c["user"] or "-", c["state"],
+                         ", ".join(x[:16] for x in c["devices"]) or "-",
+                         format_duration(life["idle_seconds"]) if life.get("idle_seconds") is not None else "-",
+                         format_duration(life["runtime_seconds"]) if life.get("runtime_seconds") is not None else "-",
+                         when])
+        if not rows:
+            return "no containers"
+        return table(rows, ["CONTAINER", "NAME", "USER", "STATE", "GPUS", "IDLE", "RUNTIME", "STOPS IN"])
+
+    return _emit(args, data, render)
+
+
+def cmd_gpus(args: argparse.Namespace) -> int:
+    data = api("GET", "gpus")
+
+    def render(d: dict[str, Any]) -> str:
+        rows = []
+        for dev in d["devices"]:
+            state = dev["state"]
+            shown = _colour(state, "32") if state == "free" else _colour(state, "33")
+            rows.append([dev["label"], f"{dev['gpueq']:.2f}", shown, dev["user"] or "-",
+                         _short(dev["container"]) if dev["container"] else "-", _ago(dev["since"]) if dev["since"] else "-"])
+        out = [table(rows, ["DEVICE", "GPUEQ", "STATE", "USER", "CONTAINER", "FOR"]) if rows else "no GPUs in the inventory"]
+        if d["queue"]:
+            out.append("queue:")
+            out += [f"  {q['position']}. {q['user']} (priority {q['priority']}): {q['request']}, waiting {_ago(q['waiting_since'])}" for q in d["queue"]]
+        out += [_colour(f"problem: {p}", "31") for p in d["problems"]]
+        out += [_colour(f"conflict: {c}", "31") for c in d.get("conflicts", [])]
+        return "\n".join(out)
+
+    return _emit(args, data, render)
+
+
+def cmd_why(args: argparse.Namespace) -> int:
+    data = api("GET", f"why/{args.container}")
+
+    def render(d: dict[str, Any]) -> str:
+        lines = [f"{d['name']} ({_short(d['container'])}):"]
+        for e in d["events"]:
+            extra = "; ".join(e.get("changes") or [])
+            lines.append(f"  {e['time']}  {e['event']:9s} {e.get('result', ''):5s} {e.get('reason') or ''} {extra}".rstrip())
+        if not d["events"]:
+            lines.append("  no recorded decisions")
+        return "\n".join(lines)
+
+    return _emit(args, data, render)
+
+
+def cmd_keepalive(args: argparse.Namespace) -> int:
+    data = api("POST", f"keepalive/{args.container}")
+    return _emit(args, data, lambda d: f"{_short(d['container'])} kept alive")
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    data = api("GET", "users")
+
+    def render(d: dict[str, Any]) -> str:
+        rows = [[u["user"], u["group"], f"{u['containers']}/{show_value('max_containers', u['max_containers'])}",
+                 str(u["running"]), f"{u['gpueq']:.2f}/{show_value('max_gpu_equivalents', u['max_gpu_equivalents'])}"]
+                for u in d["users"]]
+        return table(rows, ["USER", "GROUP", "CONTAINERS", "RUNNING", "GPUEQ"]) if rows else "no users"
+
+    return _emit(args, data, render)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    gpus, users = api("GET", "gpus"), api("GET", "users")
+    data = {"gpus": gpus, "users": users}
+
+    def render(d: dict[str, Any]) -> str:
+        devs = d["gpus"]["devices"]
+        free = sum(1 for x in devs if x["state"] == "free")
+        out = [f"DS01: {len(devs)} devices, {free} free, {len(devs) - free} in use; "
+               f"{len(d['gpus']['queue'])} waiting in the queue"]
+        held = [x for x in devs if x["state"] != "free"]
+        if held:
+            out.append(table([[x["label"], x["state"], x["user"] or "-", _short(x["container"]), _ago(x["since"])] for x in held],
+                             ["DEVICE", "STATE", "USER", "CONTAINER", "FOR"]))
+        near = []
+        for u in d["users"]["users"]:
+            cap = u["max_gpu_equivalents"]
+            if cap and u["gpueq"] >= 0.8 * cap:
+                near.append(f"  {u['user']}: {u['gpueq']:.2f} of {cap} GPU-equivalents")
+            if u["max_containers"] and u["containers"] >= 0.8 * u["max_containers"]:
+                near.append(f"  {u['user']}: {u['containers']} of {u['max_containers']} containers")
+        out.append("users near their limits:" if near else "no user near a limit")
+        out += near
+        out += [_colour(f"problem: {p}", "31") for p in d["gpus"]["problems"] + d["gpus"].get("conflicts", [])]
+        return "\n".join(out)
+
+    return _emit(args, data, render)
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    since = None
+    while True:
+        data = api("GET", f"events?n={args.n}" + (f"&since={since}" if since else ""))
+        for e in data["events"]:
+            print(json.dumps(e) if args.json else
+                  f"{e['time']}  {e['event']:9s} {e.get('user') or '-':10s} {e.get('result', ''):5s} "
+                  f"{e.get('endpoint') or ''} {e.get('reason') or ''}".rstrip())
+            since = e["time"]
+        if not args.follow:
+            return 0
+        sys.stdout.flush()
+        time.sleep(1.0)
+
+
+def cmd_policy_diff(args: argparse.Namespace) -> int:
+    old, new = _load(args.old), _load(args.new)
+    users = set(args.user or [])
+    for doc in (old, new):
+        for group in (doc.data.get("groups") or {}).values():
+            users.update(group.get("members") or [])
+        users.update((doc.data.get("users") or {}).keys())
+    rows = []
+    for user in sorted(users):
+        a, b = resolve(old, Identity(None, user)), resolve(new, Identity(None, user))
+        for key in BUILTIN_DEFAULTS:
+            if a.values[key] != b.values[key]:
+                rows.append([user, key, show_value(key, a.values[key]), show_value(key, b.values[key])])
+    print(table(rows, ["USER", "KEY", "OLD", "NEW"]) if rows else "no effective limit changes")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Convert the original DS01's resource-limits.yaml (with the groups/*.members and
+    user-overrides.yaml files beside it, as the original keeps them)."""
+    import glob
+
+    import yaml
+
+    from policy.import_ds01 import convert, parse_members
+
+    folder = os.path.dirname(os.path.abspath(args.file))
+    try:
+        with open(args.file, encoding="utf-8") as f:
+            original = yaml.safe_load(f) or {}
+        members = {}
+        for path in sorted(glob.glob(os.path.join(folder, "groups", "*.members"))):
+            with open(path, encoding="utf-8") as f:
+                members[os.path.basename(path)[: -len(".members")]] = parse_members(f.read())
+        overrides = None
+        overrides_path = os.path.join(folder, "user-overrides.yaml")
+        if os.path.exists(overrides_path):
+            with open(overrides_path, encoding="utf-8") as f:
+                overrides = yaml.safe_load(f) or {}
+        policy, unmapped = convert(original, members=members or None, user_overrides=overrides)
+    except (OSError, yaml.YAMLError, ValueError) as exc:
+        raise Failure(f"cannot convert {args.file}: {exc}. To fix: pass the original "
+                      "config/runtime/resource-limits.yaml") from None
+    text = yaml.safe_dump(policy, sort_keys=False)
+    parse_policy(text, args.output or "converted policy")
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+        print(f"wrote {args.output}")
+    else:
+        print(text, end="")
+    for item in unmapped:
+        print(f"not mapped: {item}", file=sys.stderr)
+    return 0
+
+
+DEVCONTAINER = {
+    "name": "{name}",
+    "image": "{image}",
+    "runArgs": ["--gpus", "1"],
+    "hostRequirements": {"gpu": True},
+    "workspaceMount": "source=${localWorkspaceFolder},target=/workspaces/${localWorkspaceFolderBasename},type=bind",
+    "workspaceFolder": "/workspaces/${localWorkspaceFolderBasename}",
+}
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    folder = os.path.abspath(args.folder)
+    target = os.path.join(folder, ".devcontainer", "devcontainer.json")
+    if os.path.exists(target) and not args.force:
+        raise Failure(f"{target} exists. To fix: pass --force to overwrite it")
+    config = dict(DEVCONTAINER, name=os.path.basename(folder), image=args.image)
+    if not args.gpu:
+        config.pop("hostRequirements")
+        config["runArgs"] = []
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with open(target, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+        f.write("\n")
+    print(f"wrote {target}: open the folder in VS Code and choose 'Reopen in Container'")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import doctor
+
+    return doctor(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ds01", description="DS01: GPU governance for shared Docker servers")
     sub = parser.add_subparsers(dest="command", required=True)
-    pol = sub.add_parser("policy", help="validate and explain the policy").add_subparsers(dest="policy_cmd", required=True)
+
+    def command(name: str, func: Any, help: str, json_flag: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(func=func)
+        return p
+
+    command("limits", cmd_limits, "your limits, what you use now, and your place in the GPU queue")
+    command("ps", cmd_ps, "your containers with GPUs, idle time, runtime and when they stop").add_argument(
+        "--all", "-a", action="store_true", help="everyone's (admins)")
+    command("why", cmd_why, "the decisions DS01 made about one of your containers").add_argument("container")
+    command("keepalive", cmd_keepalive, "count a container as active now (resets its idle time)").add_argument("container")
+    command("gpus", cmd_gpus, "every GPU and MIG device, who holds it since when, and the queue")
+    command("users", cmd_users, "every user's containers and GPU use (admins)")
+    command("status", cmd_status, "one-screen overview: devices, holders, queue, users near limits (admins)")
+    events = command("events", cmd_events, "the audit log (admins)")
+    events.add_argument("--follow", "-f", action="store_true")
+    events.add_argument("-n", type=int, default=50, help="how many past events")
+    pol = sub.add_parser("policy", help="validate, explain and compare policies").add_subparsers(
+        dest="policy_cmd", required=True)
     validate = pol.add_parser("validate", help="check a policy file; exit 1 with file:line key: reason")
     validate.add_argument("file")
     validate.set_defaults(func=cmd_policy_validate)
@@ -116,6 +441,21 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--groups", help="comma-separated Unix groups to assume for the user")
     explain.add_argument("--json", action="store_true")
     explain.set_defaults(func=cmd_policy_explain)
+    diff = pol.add_parser("diff", help="effective limits that change between two policy files")
+    diff.add_argument("old")
+    diff.add_argument("new")
+    diff.add_argument("--user", action="append", help="also compare this user (repeatable)")
+    diff.set_defaults(func=cmd_policy_diff)
+    imp = command("import-ds01", cmd_import, "convert the original DS01 resource-limits.yaml", json_flag=False)
+    imp.add_argument("file")
+    imp.add_argument("-o", "--output", help="write the policy here (default: print it)")
+    init = command("init", cmd_init, "write .devcontainer/devcontainer.json asking for a GPU", json_flag=False)
+    init.add_argument("folder", nargs="?", default=".")
+    init.add_argument("--image", default="nvidia/cuda:12.4.1-runtime-ubuntu22.04")
+    init.add_argument("--no-gpu", dest="gpu", action="store_false")
+    init.add_argument("--force", action="store_true")
+    doctor = command("doctor", cmd_doctor, "check this server's DS01 deployment", json_flag=False)
+    doctor.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 

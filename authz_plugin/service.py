@@ -34,9 +34,16 @@ class Recorder(Protocol):
     def decision(self, door: str, route: Route | None, identity: Identity, decision: Decision,
                  seconds: float, container: str | None = None) -> None: ...
 
+    def event(self, event: str, **fields: Any) -> None: ...
+
 
 class NullRecorder:
+    audit = None
+
     def decision(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def event(self, *args: Any, **kwargs: Any) -> None:
         return None
 
 

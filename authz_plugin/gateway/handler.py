@@ -21,6 +21,8 @@ from policy.routes import Route
 from policy.state import Request
 from policy.strict_json import dumps_canonical
 
+from ..api import PREFIX as API_PREFIX
+from ..api import Api
 from ..docker_client import DockerError
 from ..identities import container_of_pid, identity_for_uid
 from ..service import Service
@@ -44,9 +46,10 @@ def deny_reply(decision: Decision) -> Reply:
 
 
 class GatewayHandler:
-    def __init__(self, service: Service, proc: str = "/proc") -> None:
+    def __init__(self, service: Service, proc: str = "/proc", lifecycle: Any = None) -> None:
         self.service = service
         self.proc = proc
+        self.api = Api(service, lifecycle)
 
     def body_limit(self, peer: PeerCred, head: RequestHead) -> int | None:
         route = route_of(Request(head.method, head.target))
@@ -78,6 +81,9 @@ class GatewayHandler:
 
     async def _decide(self, peer: PeerCred, head: RequestHead, body: bytes | None) -> Forward | Reply:
         identity = await self.identify(peer)
+        if head.target.startswith(API_PREFIX):
+            status, data = await self.api.handle(identity, head.method, head.target)
+            return Reply(status=status, body=json.dumps(data, default=str).encode())
         headers = tuple((k, v) for k, v in head.headers if not k.lower().startswith("x-ds01-"))
         request = Request(head.method, head.target, _header_map(headers), body)
         decision, limits = await self.service.decide(request, identity, "gateway")
@@ -142,10 +148,12 @@ class GatewayHandler:
 
         async def on_response(status: int, data: bytes) -> None:
             nonlocal bound
-            if reservation is None:
-                return
             container_id = _created_id(status, data)
-            if container_id:
+            if container_id is None:
+                return
+            service.recorder.event("created", user=identity.user, uid=identity.uid, container=container_id,
+                                   result="allow", changes=list(decision.changes), devices=devices)
+            if reservation is not None:
                 service.gpus.bind(reservation, container_id)
                 bound = True
 

@@ -1,0 +1,157 @@
+"""A whole DS01 deployment for tests: a private dockerd behind ds01d (plugin + gateway).
+
+Real parts only: a real dockerd with ds01d registered as its AuthZ plugin, the gateway on a
+unix socket, real Unix users as clients. The GPU hook is the fake from the harness.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.harness.dockerd import PrivateDockerd, remove_plugin_spec, write_plugin_spec
+from tests.harness.fake_nvidia_hook import install_fake_hook
+from tests.harness.images import import_busybox_image
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGE = "ds01-busybox:latest"
+
+
+def _wait_for_socket(path: Path, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"ds01d exited ({proc.returncode}): {log.read_text()[-2000:]}")
+        time.sleep(0.05)
+    raise RuntimeError(f"ds01d did not create {path}: {log.read_text()[-2000:]}")
+
+
+def user_python() -> str:
+    """A Python other Unix users can run, with the project's dependencies: the project venv
+    (made from the system Python by scripts/setup-host.sh), else this interpreter."""
+    venv = REPO / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+class Ds01Stack:
+    """ds01d + a private dockerd. ``docker(...)`` goes through the gateway as a given user."""
+
+    def __init__(self, base: Path, policy: str, inventory: str | None = "config/inventory.example.yaml",
+                 extra_args: tuple[str, ...] = ()) -> None:
+        self.base = base
+        self.base.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.base, 0o755)  # test users must reach the gateway socket
+        self.policy_file = base / "policy.yaml"
+        self.policy_file.write_text(policy)
+        self.inventory = str(REPO / inventory) if inventory else "none"
+        self.extra_args = extra_args
+        self.plugin_name = f"ds01t{secrets.token_hex(3)}"
+        self.plugin_socket = base / "plugin.sock"
+        self.gateway_socket = base / "gw.sock"
+        self.state_dir = base / "state"
+        self.log = base / "ds01d.log"
+        self.hook_dir = base / "hook"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.dockerd = PrivateDockerd(base / "d", authz_plugin=self.plugin_name, extra_path=[str(self.hook_dir)])
+
+    @property
+    def gateway(self) -> str:
+        return f"unix://{self.gateway_socket}"
+
+    @property
+    def hook_records(self) -> Path:
+        return self.hook_dir / "hook-records.jsonl"
+
+    def start(self) -> Ds01Stack:
+        install_fake_hook(str(self.hook_dir))
+        self.start_ds01d()
+        write_plugin_spec(self.plugin_name, str(self.plugin_socket))
+        self.dockerd.start()
+        import_busybox_image(self.dockerd.host, IMAGE)
+        return self
+
+    def start_ds01d(self) -> None:
+        cmd = [
+            sys.executable, "-m", "authz_plugin.daemon",
+            "--policy", str(self.policy_file),
+            "--plugin-socket", str(self.plugin_socket),
+            "--gateway-socket", str(self.gateway_socket),
+            "--docker-host", f"unix://{self.dockerd.socket_path}",
+            "--inventory", self.inventory,
+            "--state-dir", str(self.state_dir),
+            "--log-level", "debug",
+            *self.extra_args,
+        ]
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        for path in (self.plugin_socket, self.gateway_socket):
+            _wait_for_socket(path, self.proc, self.log)
+
+    def kill_ds01d(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=20)
+        for path in (self.plugin_socket, self.gateway_socket):
+            path.unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        try:
+            self.dockerd.stop()
+        finally:
+            self.kill_ds01d(signal.SIGTERM)
+            remove_plugin_spec(self.plugin_name)
+
+    def set_policy(self, text: str) -> None:
+        """Replace the policy and make ds01d load it now (SIGHUP), as an admin would."""
+        self.policy_file.write_text(text)
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+
+    def docker(self, *args: str, user: str | None = None, input: str | None = None,
+               timeout: float = 60, direct: bool = False) -> subprocess.CompletedProcess[str]:
+        """Run the docker CLI through the gateway (or ``direct``ly to dockerd, as root)."""
+        host = self.dockerd.host if direct else self.gateway
+        env = {"DOCKER_HOST": host, "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/tmp"}
+        cmd = ["docker", *args]
+        if user is not None:
+            cmd = ["runuser", "-u", user, "--", "env", *(f"{k}={v}" for k, v in env.items()), *cmd]
+        return subprocess.run(cmd, env={**os.environ, **env}, input=input, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def ds01(self, *args: str, user: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """Run the ds01 CLI against this stack's gateway, as ``user``."""
+        return self.python_module("authz_plugin.cli", *args, user=user, timeout=timeout)
+
+    def python(self, code: str, user: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run Python ``code`` (with the project's dependencies) as ``user``."""
+        return self.python_module("-c", code, user=user, timeout=timeout)
+
+    def python_module(self, *args: str, user: str | None, timeout: float) -> subprocess.CompletedProcess[str]:
+        env = {"DOCKER_HOST": self.gateway, "PYTHONPATH": str(REPO), "NO_COLOR": "1", "HOME": "/tmp"}
+        first = ["-m", args[0], *args[1:]] if args[0] != "-c" else list(args)
+        cmd = [user_python(), *first]
+        if user is not None:
+            cmd = ["runuser", "-u", user, "--", "env", *(f"{k}={v}" for k, v in env.items()), *cmd]
+        return subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True,
+                              timeout=timeout, cwd="/tmp")
+
+    def audit_events(self) -> list[dict]:
+        path = self.state_dir / "audit.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def remove_all_containers(self) -> None:
+        ids = self.docker("ps", "-aq", direct=True).stdout.split()
+        if ids:
+            self.docker("rm", "-f", *ids, direct=True)
