@@ -28,7 +28,10 @@ class ApiError(Exception):
 def _alloc_row(alloc: Allocation, ledger: Any, show_user: bool) -> dict[str, Any]:
     return {
         "devices": [
-            {"uuid": u, "label": ledger.inventory.device(u).describe() if ledger.inventory.device(u) else u}
+            {
+                "uuid": u,
+                "label": ledger.inventory.device(u).describe() if ledger.inventory.device(u) else u,
+            }
             for u in alloc.devices
         ],
         "user": alloc.user if show_user else None,
@@ -45,9 +48,11 @@ class Api:
         self.service = service
         self.lifecycle = lifecycle
 
-    async def handle(self, identity: Identity, method: str, target: str) -> tuple[int, dict[str, Any]]:
+    async def handle(
+        self, identity: Identity, method: str, target: str
+    ) -> tuple[int, dict[str, Any]]:
         split = urlsplit(target)
-        name = split.path[len(PREFIX):].strip("/")
+        name = split.path[len(PREFIX) :].strip("/")
         query = {k: v[-1] for k, v in parse_qs(split.query).items()}
         limits = self.service.policy.limits(identity)
         parts = name.split("/")
@@ -82,8 +87,14 @@ class Api:
             raise ApiError(403, f"ds01: {what} is for admins. To fix: ask an admin of this server")
 
     def whoami(self, identity: Identity, limits: Limits) -> dict[str, Any]:
-        return {"user": identity.user, "uid": identity.uid, "groups": sorted(identity.groups),
-                "group": limits.group, "admin": limits.is_admin, "known": limits.known}
+        return {
+            "user": identity.user,
+            "uid": identity.uid,
+            "groups": sorted(identity.groups),
+            "group": limits.group,
+            "admin": limits.is_admin,
+            "known": limits.known,
+        }
 
     async def limits(self, identity: Identity, limits: Limits) -> dict[str, Any]:
         broker = self.service.gpus
@@ -92,9 +103,17 @@ class Api:
         if broker is not None:
             for place, ticket in enumerate(broker.queue.tickets(), start=1):
                 if ticket.user == identity.user:
-                    queue.append({"position": place, "request": ticket.request.describe(),
-                                  "waiting_since": ticket.enqueued_at, "deadline": ticket.deadline})
-        containers = await self.service.docker.list_containers({"label": [f"{LABEL_USER}={identity.user}"]})
+                    queue.append(
+                        {
+                            "position": place,
+                            "request": ticket.request.describe(),
+                            "waiting_since": ticket.enqueued_at,
+                            "deadline": ticket.deadline,
+                        }
+                    )
+        containers = await self.service.docker.list_containers(
+            {"label": [f"{LABEL_USER}={identity.user}"]}
+        )
         usage = broker.ledger.usage(identity.user) if broker else None
         return {
             **self.whoami(identity, limits),
@@ -111,7 +130,9 @@ class Api:
             "queue": queue,
         }
 
-    async def containers(self, identity: Identity, limits: Limits, everyone: bool) -> dict[str, Any]:
+    async def containers(
+        self, identity: Identity, limits: Limits, everyone: bool
+    ) -> dict[str, Any]:
         if everyone:
             self._admin(limits, "ds01 ps --all")
         filters = None if everyone else {"label": [f"{LABEL_USER}={identity.user}"]}
@@ -142,32 +163,56 @@ class Api:
         devices = []
         for status in snap.devices:
             d, a = status.device, status.allocation
-            devices.append({
-                "uuid": status.uuid,
-                "label": d.describe() if d else status.uuid,
-                "kind": d.kind if d else "?",
-                "profile": d.profile if d else "",
-                "gpu_index": d.gpu_index if d else None,
-                "gpueq": d.gpueq if d else 0,
-                "state": a.state.value if a else ("free" if d else "lost"),
-                "user": (a.user if admin or a.user == limits.user else "(another user)") if a else None,
-                "container": (a.container_id if admin or a.user == limits.user else None) if a else None,
-                "since": a.since if a else None,
-                "hold_until": a.hold_until if a else None,
-            })
-        queue = [{"position": i, "user": t.user if admin or t.user == limits.user else "(another user)",
-                  "priority": t.priority, "request": t.request.describe(), "waiting_since": t.enqueued_at}
-                 for i, t in enumerate(broker.queue.tickets(), start=1)]
+            devices.append(
+                {
+                    "uuid": status.uuid,
+                    "label": d.describe() if d else status.uuid,
+                    "kind": d.kind if d else "?",
+                    "profile": d.profile if d else "",
+                    "gpu_index": d.gpu_index if d else None,
+                    "gpueq": d.gpueq if d else 0,
+                    "state": a.state.value if a else ("free" if d else "lost"),
+                    "user": (a.user if admin or a.user == limits.user else "(another user)")
+                    if a
+                    else None,
+                    "container": (a.container_id if admin or a.user == limits.user else None)
+                    if a
+                    else None,
+                    "since": a.since if a else None,
+                    "hold_until": a.hold_until if a else None,
+                }
+            )
+        queue = [
+            {
+                "position": i,
+                "user": t.user if admin or t.user == limits.user else "(another user)",
+                "priority": t.priority,
+                "request": t.request.describe(),
+                "waiting_since": t.enqueued_at,
+            }
+            for i, t in enumerate(broker.queue.tickets(), start=1)
+        ]
         return {
-            "gpus": [{"index": g.index, "uuid": g.uuid, "name": g.name, "mig": g.mig_enabled,
-                      "usable": g.usable, "problem": g.problem} for g in snap.gpus],
+            "gpus": [
+                {
+                    "index": g.index,
+                    "uuid": g.uuid,
+                    "name": g.name,
+                    "mig": g.mig_enabled,
+                    "usable": g.usable,
+                    "problem": g.problem,
+                }
+                for g in snap.gpus
+            ],
             "devices": devices,
             "queue": queue,
             "problems": list(snap.problems),
             "conflicts": [c.message for c in broker.conflicts] if admin else [],
         }
 
-    async def _owned_container(self, identity: Identity, limits: Limits, ref: str) -> dict[str, Any]:
+    async def _owned_container(
+        self, identity: Identity, limits: Limits, ref: str
+    ) -> dict[str, Any]:
         info = await self.service.docker.inspect_container(ref)
         owner = ((info or {}).get("Config") or {}).get("Labels", {}) or {}
         if info is None or (owner.get(LABEL_USER) != identity.user and not limits.is_admin):
@@ -185,7 +230,11 @@ class Api:
             return bool(cid) and container_id.startswith(cid)
 
         events = audit.tail(200, about_it) if audit is not None else []
-        return {"container": container_id, "name": info.get("Name", "").lstrip("/"), "events": events}
+        return {
+            "container": container_id,
+            "name": info.get("Name", "").lstrip("/"),
+            "events": events,
+        }
 
     async def keepalive(self, identity: Identity, limits: Limits, ref: str) -> dict[str, Any]:
         info = await self._owned_container(identity, limits, ref)
@@ -198,14 +247,18 @@ class Api:
         by_user: dict[str, dict[str, Any]] = {}
         for c in await self.service.docker.list_containers():
             user = (c.get("Labels") or {}).get(LABEL_USER) or "(outside DS01)"
-            row = by_user.setdefault(user, {"user": user, "containers": 0, "running": 0, "gpueq": 0.0, "devices": 0})
+            row = by_user.setdefault(
+                user, {"user": user, "containers": 0, "running": 0, "gpueq": 0.0, "devices": 0}
+            )
             row["containers"] += 1
             row["running"] += c.get("State") == "running"
         broker = self.service.gpus
         if broker is not None:
             for alloc in broker.ledger.allocations():
-                row = by_user.setdefault(alloc.user, {"user": alloc.user, "containers": 0, "running": 0,
-                                                      "gpueq": 0.0, "devices": 0})
+                row = by_user.setdefault(
+                    alloc.user,
+                    {"user": alloc.user, "containers": 0, "running": 0, "gpueq": 0.0, "devices": 0},
+                )
                 row["gpueq"] += alloc.gpueq
                 row["devices"] += len(alloc.devices)
         for row in by_user.values():

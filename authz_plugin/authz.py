@@ -104,7 +104,9 @@ def parse_authz(raw: bytes, response: bool) -> AuthzRequest:
         body=_b64(data.get("RequestBody"), "RequestBody"),
         response_status=status,
         response_body=_b64(data.get("ResponseBody"), "ResponseBody") if response else None,
-        response_headers=_headers(data.get("ResponseHeaders"), "ResponseHeaders") if response else {},
+        response_headers=_headers(data.get("ResponseHeaders"), "ResponseHeaders")
+        if response
+        else {},
     )
 
 
@@ -119,7 +121,9 @@ def plugin_app(
     async def activate(_: web.Request) -> web.Response:
         return web.json_response({"Implements": ["authz"]})
 
-    def endpoint(decide: Authorizer, response: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def endpoint(
+        decide: Authorizer, response: bool
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:
             started = time.perf_counter()
             try:
@@ -129,9 +133,11 @@ def plugin_app(
                 answer = AuthzAnswer(False, "ds01: request too large for the AuthZ plugin")
             except BadPluginRequest as exc:
                 answer = AuthzAnswer(False, f"ds01: unreadable AuthZ request ({exc})")
-            except Exception:  # noqa: BLE001 - never a 500: dockerd would refuse everything
+            except Exception:
                 log.exception("AuthZ handler failed; denying")
-                answer = AuthzAnswer(False, "ds01: internal error while deciding; denied (see ds01d log)")
+                answer = AuthzAnswer(
+                    False, "ds01: internal error while deciding; denied (see ds01d log)"
+                )
             if observe is not None:
                 observe(time.perf_counter() - started)
             return web.json_response(answer.to_json())

@@ -23,7 +23,13 @@ from .identities import identity_for_uid
 
 DEFAULT_POLICY = "/etc/ds01/policy.yaml"
 _SIZES = {"memory", "shm_size"}
-_DURATIONS = {"idle_timeout", "max_runtime", "gpu_hold_after_stop", "container_hold_after_stop", "gpu_wait"}
+_DURATIONS = {
+    "idle_timeout",
+    "max_runtime",
+    "gpu_hold_after_stop",
+    "container_hold_after_stop",
+    "gpu_wait",
+}
 
 
 class Misuse(Exception):
@@ -52,8 +58,11 @@ def show_value(key: str, value: Any) -> str:
     if key in _DURATIONS:
         return format_duration(value)
     if key == "aggregate":
-        parts = [f"cpus={value.get('cpus') or 'unlimited'}", f"memory={format_size(value.get('memory'))}",
-                 f"pids={value.get('pids') or 'unlimited'}"]
+        parts = [
+            f"cpus={value.get('cpus') or 'unlimited'}",
+            f"memory={format_size(value.get('memory'))}",
+            f"pids={value.get('pids') or 'unlimited'}",
+        ]
         return " ".join(parts)
     if value is None:
         return "unlimited"
@@ -65,7 +74,9 @@ def show_value(key: str, value: Any) -> str:
 def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines += [
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -92,16 +103,33 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     doc = _load(args.policy)
     identity = identity_for_name(args.user)
     if args.groups:
-        identity = Identity(identity.uid, identity.user, frozenset(args.groups.split(",")), identity.home)
+        identity = Identity(
+            identity.uid, identity.user, frozenset(args.groups.split(",")), identity.home
+        )
     limits = resolve(doc, identity)
     if args.json:
-        print(json.dumps({"user": limits.user, "group": limits.group, "known": limits.known,
-                          "values": limits.values, "sources": limits.sources}, indent=2, default=str))
+        print(
+            json.dumps(
+                {
+                    "user": limits.user,
+                    "group": limits.group,
+                    "known": limits.known,
+                    "values": limits.values,
+                    "sources": limits.sources,
+                },
+                indent=2,
+                default=str,
+            )
+        )
         return 0
-    print(f"{limits.user}: effective limits under {doc.source}"
-          f" (group: {limits.group}{'' if limits.known else ', not named in the policy'})")
-    rows = [[key, show_value(key, limits.values[key]), limits.sources.get(key, "built-in")]
-            for key in BUILTIN_DEFAULTS]
+    print(
+        f"{limits.user}: effective limits under {doc.source}"
+        f" (group: {limits.group}{'' if limits.known else ', not named in the policy'})"
+    )
+    rows = [
+        [key, show_value(key, limits.values[key]), limits.sources.get(key, "built-in")]
+        for key in BUILTIN_DEFAULTS
+    ]
     print(table(rows, ["KEY", "VALUE", "FROM"]))
     return 0
 
@@ -112,7 +140,7 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
 def gateway_socket() -> str:
     host = os.environ.get("DOCKER_HOST", "")
     if host.startswith("unix://"):
-        return host[len("unix://"):]
+        return host[len("unix://") :]
     return os.environ.get("DS01_SOCKET", "/var/run/docker.sock")
 
 
@@ -137,19 +165,25 @@ def api(method: str, path: str) -> Any:
         resp = conn.getresponse()
         data = resp.read()
     except OSError as exc:
-        raise Failure(f"cannot reach ds01d at {sock} ({exc.strerror or exc}). "
-                      "To fix: check that ds01d runs (ds01 doctor), or set DOCKER_HOST") from None
+        raise Failure(
+            f"cannot reach ds01d at {sock} ({exc.strerror or exc}). "
+            "To fix: check that ds01d runs (ds01 doctor), or set DOCKER_HOST"
+        ) from None
     finally:
         conn.close()
     try:
         body = json.loads(data)
     except ValueError:
-        raise Failure(f"{sock} did not answer like ds01d (is the gateway in front of dockerd?). "
-                      "To fix: run ds01 doctor") from None
+        raise Failure(
+            f"{sock} did not answer like ds01d (is the gateway in front of dockerd?). "
+            "To fix: run ds01 doctor"
+        ) from None
     if resp.status >= 400:
         message = body.get("message", "") if isinstance(body, dict) else str(body)
         if resp.status == 404 and "page not found" in message:
-            raise Failure(f"{sock} is dockerd itself, not the DS01 gateway. To fix: run ds01 doctor")
+            raise Failure(
+                f"{sock} is dockerd itself, not the DS01 gateway. To fix: run ds01 doctor"
+            )
         raise Failure(message.removeprefix("ds01: "))
     return body
 
@@ -163,7 +197,11 @@ def _emit(args: argparse.Namespace, data: Any, render: Any) -> int:
 
 
 def _colour(text: str, code: str) -> str:
-    return f"\033[{code}m{text}\033[0m" if sys.stdout.isatty() and not os.environ.get("NO_COLOR") else text
+    return (
+        f"\033[{code}m{text}\033[0m"
+        if sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        else text
+    )
 
 
 def _ago(epoch: float | None, now: float | None = None) -> str:
@@ -183,20 +221,58 @@ def cmd_limits(args: argparse.Namespace) -> int:
         v, src, use = d["limits"], d["sources"], d["usage"]
         who = f"{d['user']} (group {d['group']}{', admin' if d['admin'] else ''})"
         rows = [
-            ["containers", f"{use['containers']} ({use['running']} running)", show_value("max_containers", v["max_containers"]), src["max_containers"]],
-            ["whole GPUs", str(use["whole_gpus"]), show_value("max_gpus", v["max_gpus"]), src["max_gpus"]],
-            ["MIG instances", str(use["mig_instances"]), show_value("max_mig_instances", v["max_mig_instances"]), src["max_mig_instances"]],
-            ["GPU-equivalents", f"{use['gpu_equivalents']:.2f}", show_value("max_gpu_equivalents", v["max_gpu_equivalents"]), src["max_gpu_equivalents"]],
+            [
+                "containers",
+                f"{use['containers']} ({use['running']} running)",
+                show_value("max_containers", v["max_containers"]),
+                src["max_containers"],
+            ],
+            [
+                "whole GPUs",
+                str(use["whole_gpus"]),
+                show_value("max_gpus", v["max_gpus"]),
+                src["max_gpus"],
+            ],
+            [
+                "MIG instances",
+                str(use["mig_instances"]),
+                show_value("max_mig_instances", v["max_mig_instances"]),
+                src["max_mig_instances"],
+            ],
+            [
+                "GPU-equivalents",
+                f"{use['gpu_equivalents']:.2f}",
+                show_value("max_gpu_equivalents", v["max_gpu_equivalents"]),
+                src["max_gpu_equivalents"],
+            ],
         ]
-        for key in ("max_cpus", "memory", "shm_size", "pids_limit", "aggregate", "idle_timeout", "max_runtime",
-                    "gpu_hold_after_stop", "container_hold_after_stop", "bind_mounts", "allow"):
+        for key in (
+            "max_cpus",
+            "memory",
+            "shm_size",
+            "pids_limit",
+            "aggregate",
+            "idle_timeout",
+            "max_runtime",
+            "gpu_hold_after_stop",
+            "container_hold_after_stop",
+            "bind_mounts",
+            "allow",
+        ):
             rows.append([key, "", show_value(key, v[key]), src.get(key, "built-in")])
         out = [f"Limits for {who}", table(rows, ["WHAT", "IN USE", "LIMIT", "FROM"])]
         for alloc in use["allocations"]:
             devs = ", ".join(x["label"] for x in alloc["devices"])
-            out.append(f"  holding {devs} in container {_short(alloc['container'])} ({alloc['state']}, for {_ago(alloc['since'])})")
+            out.append(
+                f"  holding {devs} in container {_short(alloc['container'])} "
+                f"({alloc['state']}, for {_ago(alloc['since'])})"
+            )
         for q in d["queue"]:
-            out.append(_colour(f"  waiting for {q['request']}: place {q['position']} in the GPU queue", "33"))
+            out.append(
+                _colour(
+                    f"  waiting for {q['request']}: place {q['position']} in the GPU queue", "33"
+                )
+            )
         return "\n".join(out)
 
     return _emit(args, data, render)
@@ -210,15 +286,32 @@ def cmd_ps(args: argparse.Namespace) -> int:
         for c in d["containers"]:
             life = c.get("lifecycle") or {}
             stop = life.get("stop_at")
-            when = f"{format_duration(max(0, stop - time.time()))} ({life.get('stop_reason')})" if stop else "-"
-            rows.append([_short(c["id"]), c["name"], c["user"] or "-", c["state"],
-                         ", ".join(x[:16] for x in c["devices"]) or "-",
-                         format_duration(life["idle_seconds"]) if life.get("idle_seconds") is not None else "-",
-                         format_duration(life["runtime_seconds"]) if life.get("runtime_seconds") is not None else "-",
-                         when])
+            when = (
+                f"{format_duration(max(0, stop - time.time()))} ({life.get('stop_reason')})"
+                if stop
+                else "-"
+            )
+            rows.append(
+                [
+                    _short(c["id"]),
+                    c["name"],
+                    c["user"] or "-",
+                    c["state"],
+                    ", ".join(x[:16] for x in c["devices"]) or "-",
+                    format_duration(life["idle_seconds"])
+                    if life.get("idle_seconds") is not None
+                    else "-",
+                    format_duration(life["runtime_seconds"])
+                    if life.get("runtime_seconds") is not None
+                    else "-",
+                    when,
+                ]
+            )
         if not rows:
             return "no containers"
-        return table(rows, ["CONTAINER", "NAME", "USER", "STATE", "GPUS", "IDLE", "RUNTIME", "STOPS IN"])
+        return table(
+            rows, ["CONTAINER", "NAME", "USER", "STATE", "GPUS", "IDLE", "RUNTIME", "STOPS IN"]
+        )
 
     return _emit(args, data, render)
 
@@ -231,12 +324,28 @@ def cmd_gpus(args: argparse.Namespace) -> int:
         for dev in d["devices"]:
             state = dev["state"]
             shown = _colour(state, "32") if state == "free" else _colour(state, "33")
-            rows.append([dev["label"], f"{dev['gpueq']:.2f}", shown, dev["user"] or "-",
-                         _short(dev["container"]) if dev["container"] else "-", _ago(dev["since"]) if dev["since"] else "-"])
-        out = [table(rows, ["DEVICE", "GPUEQ", "STATE", "USER", "CONTAINER", "FOR"]) if rows else "no GPUs in the inventory"]
+            rows.append(
+                [
+                    dev["label"],
+                    f"{dev['gpueq']:.2f}",
+                    shown,
+                    dev["user"] or "-",
+                    _short(dev["container"]) if dev["container"] else "-",
+                    _ago(dev["since"]) if dev["since"] else "-",
+                ]
+            )
+        out = [
+            table(rows, ["DEVICE", "GPUEQ", "STATE", "USER", "CONTAINER", "FOR"])
+            if rows
+            else "no GPUs in the inventory"
+        ]
         if d["queue"]:
             out.append("queue:")
-            out += [f"  {q['position']}. {q['user']} (priority {q['priority']}): {q['request']}, waiting {_ago(q['waiting_since'])}" for q in d["queue"]]
+            out += [
+                f"  {q['position']}. {q['user']} (priority {q['priority']}): {q['request']}, "
+                f"waiting {_ago(q['waiting_since'])}"
+                for q in d["queue"]
+            ]
         out += [_colour(f"problem: {p}", "31") for p in d["problems"]]
         out += [_colour(f"conflict: {c}", "31") for c in d.get("conflicts", [])]
         return "\n".join(out)
@@ -251,7 +360,9 @@ def cmd_why(args: argparse.Namespace) -> int:
         lines = [f"{d['name']} ({_short(d['container'])}):"]
         for e in d["events"]:
             extra = "; ".join(e.get("changes") or [])
-            lines.append(f"  {e['time']}  {e['event']:9s} {e.get('result', ''):5s} {e.get('reason') or ''} {extra}".rstrip())
+            lines.append(
+                f"  {e['time']}  {e['event']:9s} {e.get('result', ''):5s} {e.get('reason') or ''} {extra}".rstrip()
+            )
         if not d["events"]:
             lines.append("  no recorded decisions")
         return "\n".join(lines)
@@ -268,10 +379,19 @@ def cmd_users(args: argparse.Namespace) -> int:
     data = api("GET", "users")
 
     def render(d: dict[str, Any]) -> str:
-        rows = [[u["user"], u["group"], f"{u['containers']}/{show_value('max_containers', u['max_containers'])}",
-                 str(u["running"]), f"{u['gpueq']:.2f}/{show_value('max_gpu_equivalents', u['max_gpu_equivalents'])}"]
-                for u in d["users"]]
-        return table(rows, ["USER", "GROUP", "CONTAINERS", "RUNNING", "GPUEQ"]) if rows else "no users"
+        rows = [
+            [
+                u["user"],
+                u["group"],
+                f"{u['containers']}/{show_value('max_containers', u['max_containers'])}",
+                str(u["running"]),
+                f"{u['gpueq']:.2f}/{show_value('max_gpu_equivalents', u['max_gpu_equivalents'])}",
+            ]
+            for u in d["users"]
+        ]
+        return (
+            table(rows, ["USER", "GROUP", "CONTAINERS", "RUNNING", "GPUEQ"]) if rows else "no users"
+        )
 
     return _emit(args, data, render)
 
@@ -283,12 +403,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     def render(d: dict[str, Any]) -> str:
         devs = d["gpus"]["devices"]
         free = sum(1 for x in devs if x["state"] == "free")
-        out = [f"DS01: {len(devs)} devices, {free} free, {len(devs) - free} in use; "
-               f"{len(d['gpus']['queue'])} waiting in the queue"]
+        out = [
+            f"DS01: {len(devs)} devices, {free} free, {len(devs) - free} in use; "
+            f"{len(d['gpus']['queue'])} waiting in the queue"
+        ]
         held = [x for x in devs if x["state"] != "free"]
         if held:
-            out.append(table([[x["label"], x["state"], x["user"] or "-", _short(x["container"]), _ago(x["since"])] for x in held],
-                             ["DEVICE", "STATE", "USER", "CONTAINER", "FOR"]))
+            out.append(
+                table(
+                    [
+                        [
+                            x["label"],
+                            x["state"],
+                            x["user"] or "-",
+                            _short(x["container"]),
+                            _ago(x["since"]),
+                        ]
+                        for x in held
+                    ],
+                    ["DEVICE", "STATE", "USER", "CONTAINER", "FOR"],
+                )
+            )
         near = []
         for u in d["users"]["users"]:
             cap = u["max_gpu_equivalents"]
@@ -298,7 +433,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                 near.append(f"  {u['user']}: {u['containers']} of {u['max_containers']} containers")
         out.append("users near their limits:" if near else "no user near a limit")
         out += near
-        out += [_colour(f"problem: {p}", "31") for p in d["gpus"]["problems"] + d["gpus"].get("conflicts", [])]
+        out += [
+            _colour(f"problem: {p}", "31")
+            for p in d["gpus"]["problems"] + d["gpus"].get("conflicts", [])
+        ]
         return "\n".join(out)
 
     return _emit(args, data, render)
@@ -309,9 +447,12 @@ def cmd_events(args: argparse.Namespace) -> int:
     while True:
         data = api("GET", f"events?n={args.n}" + (f"&since={since}" if since else ""))
         for e in data["events"]:
-            print(json.dumps(e) if args.json else
-                  f"{e['time']}  {e['event']:9s} {e.get('user') or '-':10s} {e.get('result', ''):5s} "
-                  f"{e.get('endpoint') or ''} {e.get('reason') or ''}".rstrip())
+            print(
+                json.dumps(e)
+                if args.json
+                else f"{e['time']}  {e['event']:9s} {e.get('user') or '-':10s} {e.get('result', ''):5s} "
+                f"{e.get('endpoint') or ''} {e.get('reason') or ''}".rstrip()
+            )
             since = e["time"]
         if not args.follow:
             return 0
@@ -331,7 +472,9 @@ def cmd_policy_diff(args: argparse.Namespace) -> int:
         a, b = resolve(old, Identity(None, user)), resolve(new, Identity(None, user))
         for key in BUILTIN_DEFAULTS:
             if a.values[key] != b.values[key]:
-                rows.append([user, key, show_value(key, a.values[key]), show_value(key, b.values[key])])
+                rows.append(
+                    [user, key, show_value(key, a.values[key]), show_value(key, b.values[key])]
+                )
     print(table(rows, ["USER", "KEY", "OLD", "NEW"]) if rows else "no effective limit changes")
     return 0
 
@@ -360,8 +503,10 @@ def cmd_import(args: argparse.Namespace) -> int:
                 overrides = yaml.safe_load(f) or {}
         policy, unmapped = convert(original, members=members or None, user_overrides=overrides)
     except (OSError, yaml.YAMLError, ValueError) as exc:
-        raise Failure(f"cannot convert {args.file}: {exc}. To fix: pass the original "
-                      "config/runtime/resource-limits.yaml") from None
+        raise Failure(
+            f"cannot convert {args.file}: {exc}. To fix: pass the original "
+            "config/runtime/resource-limits.yaml"
+        ) from None
     text = yaml.safe_dump(policy, sort_keys=False)
     parse_policy(text, args.output or "converted policy")
     if args.output:
@@ -409,7 +554,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ds01", description="DS01: GPU governance for shared Docker servers")
+    parser = argparse.ArgumentParser(
+        prog="ds01", description="DS01: GPU governance for shared Docker servers"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, func: Any, help: str, json_flag: bool = True) -> argparse.ArgumentParser:
@@ -420,19 +567,31 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     command("limits", cmd_limits, "your limits, what you use now, and your place in the GPU queue")
-    command("ps", cmd_ps, "your containers with GPUs, idle time, runtime and when they stop").add_argument(
-        "--all", "-a", action="store_true", help="everyone's (admins)")
-    command("why", cmd_why, "the decisions DS01 made about one of your containers").add_argument("container")
-    command("keepalive", cmd_keepalive, "count a container as active now (resets its idle time)").add_argument("container")
+    command(
+        "ps", cmd_ps, "your containers with GPUs, idle time, runtime and when they stop"
+    ).add_argument("--all", "-a", action="store_true", help="everyone's (admins)")
+    command("why", cmd_why, "the decisions DS01 made about one of your containers").add_argument(
+        "container"
+    )
+    command(
+        "keepalive", cmd_keepalive, "count a container as active now (resets its idle time)"
+    ).add_argument("container")
     command("gpus", cmd_gpus, "every GPU and MIG device, who holds it since when, and the queue")
     command("users", cmd_users, "every user's containers and GPU use (admins)")
-    command("status", cmd_status, "one-screen overview: devices, holders, queue, users near limits (admins)")
+    command(
+        "status",
+        cmd_status,
+        "one-screen overview: devices, holders, queue, users near limits (admins)",
+    )
     events = command("events", cmd_events, "the audit log (admins)")
     events.add_argument("--follow", "-f", action="store_true")
     events.add_argument("-n", type=int, default=50, help="how many past events")
     pol = sub.add_parser("policy", help="validate, explain and compare policies").add_subparsers(
-        dest="policy_cmd", required=True)
-    validate = pol.add_parser("validate", help="check a policy file; exit 1 with file:line key: reason")
+        dest="policy_cmd", required=True
+    )
+    validate = pol.add_parser(
+        "validate", help="check a policy file; exit 1 with file:line key: reason"
+    )
     validate.add_argument("file")
     validate.set_defaults(func=cmd_policy_validate)
     explain = pol.add_parser("explain", help="a user's effective limits and where each comes from")
@@ -446,10 +605,14 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("new")
     diff.add_argument("--user", action="append", help="also compare this user (repeatable)")
     diff.set_defaults(func=cmd_policy_diff)
-    imp = command("import-ds01", cmd_import, "convert the original DS01 resource-limits.yaml", json_flag=False)
+    imp = command(
+        "import-ds01", cmd_import, "convert the original DS01 resource-limits.yaml", json_flag=False
+    )
     imp.add_argument("file")
     imp.add_argument("-o", "--output", help="write the policy here (default: print it)")
-    init = command("init", cmd_init, "write .devcontainer/devcontainer.json asking for a GPU", json_flag=False)
+    init = command(
+        "init", cmd_init, "write .devcontainer/devcontainer.json asking for a GPU", json_flag=False
+    )
     init.add_argument("folder", nargs="?", default=".")
     init.add_argument("--image", default="nvidia/cuda:12.4.1-runtime-ubuntu22.04")
     init.add_argument("--no-gpu", dest="gpu", action="store_false")

@@ -20,16 +20,16 @@ from policy.identity import Identity
 from policy.limits import Limits
 from policy.loader import PolicyError
 
-from .authz import plugin_app
-from .docker_client import DockerClient, socket_path
 from .audit import AuditLog
+from .authz import plugin_app
 from .dcgm_mapping import JobMappingDir
+from .docker_client import DockerClient, socket_path
 from .events import EventWatcher
 from .gpus import GpuBroker
 from .identities import identity_for_uid
 from .metrics import Metrics, serve_metrics
-from .recorder import Recorder
 from .policy_store import PolicyStore
+from .recorder import Recorder
 from .service import Service
 
 log = logging.getLogger("ds01d")
@@ -43,15 +43,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", help="policy YAML (default: the built-in default policy)")
     p.add_argument("--plugin-socket", default=DEFAULT_PLUGIN_SOCKET, help="AuthZ plugin socket")
     p.add_argument("--gateway-socket", help="serve the Docker API here (e.g. /var/run/docker.sock)")
-    p.add_argument("--gateway-mode", default="0666", help="permissions of the gateway socket (octal)")
-    p.add_argument("--docker-host", default="unix:///run/ds01/dockerd.sock", help="the real dockerd")
+    p.add_argument(
+        "--gateway-mode", default="0666", help="permissions of the gateway socket (octal)"
+    )
+    p.add_argument(
+        "--docker-host", default="unix:///run/ds01/dockerd.sock", help="the real dockerd"
+    )
     p.add_argument("--state-dir", default="/var/lib/ds01", help="audit log, job mapping, state")
     p.add_argument("--inventory", default="auto", help="GPU inventory: FILE, auto (NVML) or none")
     p.add_argument("--metrics-address", help="serve Prometheus /metrics on HOST:PORT")
     p.add_argument("--audit-log", help="audit log file (default: STATE_DIR/audit.jsonl)")
-    p.add_argument("--job-mapping-dir", help="dcgm-exporter --hpc-job-mapping-dir to keep (default: STATE_DIR/job-mapping)")
+    p.add_argument(
+        "--job-mapping-dir",
+        help="dcgm-exporter --hpc-job-mapping-dir to keep (default: STATE_DIR/job-mapping)",
+    )
     p.add_argument("--cgroup-driver", choices=["cgroupfs", "systemd"], help="default: dockerd's")
-    p.add_argument("--no-cgroups", action="store_true", help="do not manage per-user parent cgroups")
+    p.add_argument(
+        "--no-cgroups", action="store_true", help="do not manage per-user parent cgroups"
+    )
     p.add_argument("--dry-run", action="store_true", help="lifecycle: report, stop nothing")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
@@ -80,9 +89,13 @@ class Daemon:
         state_dir = Path(args.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = Metrics()
-        self.audit = AuditLog(args.audit_log or state_dir / "audit.jsonl", on_drop=self.metrics.audit_dropped)
+        self.audit = AuditLog(
+            args.audit_log or state_dir / "audit.jsonl", on_drop=self.metrics.audit_dropped
+        )
         self.recorder = Recorder(
-            self.metrics, self.audit, JobMappingDir(args.job_mapping_dir or state_dir / "job-mapping")
+            self.metrics,
+            self.audit,
+            JobMappingDir(args.job_mapping_dir or state_dir / "job-mapping"),
         )
         self.policy = PolicyStore(args.policy, on_reload=self._policy_reloaded)
         self.metrics.set_policy(self.policy.document.source, self.policy.sha256)
@@ -96,7 +109,9 @@ class Daemon:
             clock=time.time,
             stop_container=self._stop_container,
         )
-        self.broker.on_change = lambda: self.recorder.gpu_state(self.broker.ledger, len(self.broker.queue))
+        self.broker.on_change = lambda: self.recorder.gpu_state(
+            self.broker.ledger, len(self.broker.queue)
+        )
         self.broker.record = self.recorder.event
         self.service = Service(
             self.policy,
@@ -114,8 +129,13 @@ class Daemon:
 
     def _policy_reloaded(self, ok: bool, detail: str) -> None:
         self.metrics.record_policy_reload(ok)
-        self.recorder.event("policy_reload", user=None, uid=None, result="ok" if ok else "error",
-                            reason=None if ok else detail)
+        self.recorder.event(
+            "policy_reload",
+            user=None,
+            uid=None,
+            result="ok" if ok else "error",
+            reason=None if ok else detail,
+        )
         if ok:
             self.metrics.set_policy(self.policy.document.source, detail)
 
@@ -131,8 +151,13 @@ class Daemon:
 
     def _protected_paths(self) -> tuple[str, ...]:
         paths = {
-            "/var/run/docker.sock", "/run/docker.sock", "/run/docker/plugins", "/run/ds01",
-            "/var/run/ds01", socket_path(self.args.docker_host), self.args.plugin_socket,
+            "/var/run/docker.sock",
+            "/run/docker.sock",
+            "/run/docker/plugins",
+            "/run/ds01",
+            "/var/run/ds01",
+            socket_path(self.args.docker_host),
+            self.args.plugin_socket,
         }
         if self.args.gateway_socket:
             paths.add(self.args.gateway_socket)
@@ -148,7 +173,9 @@ class Daemon:
 
             self.gateway = Gateway(GatewayHandler(self.service), socket_path(self.args.docker_host))
             await self.gateway.start(self.args.gateway_socket, mode=int(self.args.gateway_mode, 8))
-            log.info("gateway listening on %s -> %s", self.args.gateway_socket, self.args.docker_host)
+            log.info(
+                "gateway listening on %s -> %s", self.args.gateway_socket, self.args.docker_host
+            )
         if self.args.metrics_address:
             self.runners.append(await serve_metrics(self.metrics, self.args.metrics_address))
             log.info("metrics on http://%s/metrics", self.args.metrics_address)

@@ -92,7 +92,9 @@ class DockerClient:
                 return None
             raise
 
-    async def list_containers(self, filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+    async def list_containers(
+        self, filters: dict[str, list[str]] | None = None
+    ) -> list[dict[str, Any]]:
         params = {"all": "1"}
         if filters:
             params["filters"] = json.dumps(filters)

@@ -24,7 +24,9 @@ Listener = Callable[[dict[str, Any]], Awaitable[None] | None]
 
 
 class EventWatcher:
-    def __init__(self, docker: DockerClient, broker: GpuBroker | None, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, docker: DockerClient, broker: GpuBroker | None, clock: Callable[[], float]
+    ) -> None:
         self.docker = docker
         self.broker = broker
         self.clock = clock
@@ -50,7 +52,7 @@ class EventWatcher:
                     await self.handle(event)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - dockerd restarts; we keep trying
+            except Exception as exc:
                 self.connected.clear()
                 log.warning("docker events interrupted (%s); reconnecting", exc)
                 await asyncio.sleep(backoff)
@@ -81,5 +83,5 @@ class EventWatcher:
                 last = self.clock()
                 try:
                     await self.reconcile()
-                except Exception as exc:  # noqa: BLE001 - next round will try again
+                except Exception as exc:
                     log.warning("periodic reconcile failed: %s", exc)

@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from dataclasses import replace
-from datetime import datetime
 import logging
 from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
-from allocator.labels import LABEL_DEVICES, LABEL_GROUP, LABEL_USER, LABEL_WAIT, parse_devices, parse_uid
+from allocator.labels import (
+    LABEL_DEVICES,
+    LABEL_GROUP,
+    LABEL_USER,
+    LABEL_WAIT,
+    parse_devices,
+    parse_uid,
+)
 from allocator.ledger import Ledger, Reservation
+from allocator.preempt import preemption_plan
 from allocator.queue import Ticket, WaitQueue, wait_seconds
-from allocator.reconcile import ContainerSummary, Conflict
+from allocator.reconcile import Conflict, ContainerSummary
 from allocator.refusal import Refusal
 from allocator.request import GpuRequest
 from policy.decision import Decision, deny
@@ -62,10 +70,17 @@ class GpuBroker:
     # ---- create ---------------------------------------------------------------------------
 
     async def reserve(
-        self, identity: Identity, limits: Limits, request: GpuRequest, body: dict[str, Any], now: float
+        self,
+        identity: Identity,
+        limits: Limits,
+        request: GpuRequest,
+        body: dict[str, Any],
+        now: float,
     ) -> Reservation | Decision:
         """Devices for a create, waiting in the queue if the policy allows; else a denial."""
-        result = self.ledger.reserve(identity.user, identity.uid, limits.group, limits, request, now)
+        result = self.ledger.reserve(
+            identity.user, identity.uid, limits.group, limits, request, now
+        )
         if isinstance(result, Reservation):
             self.on_change()
             return result
@@ -83,21 +98,42 @@ class GpuBroker:
             ahead = len(self.queue)
             note = f"{ahead} request{'s' if ahead != 1 else ''} already waiting" if ahead else ""
             if limits.gpu_wait is None or limits.gpu_wait > 0:
-                note += ("; " if note else "") + f"add --label {LABEL_WAIT}=10m to wait in the queue"
+                note += (
+                    "; " if note else ""
+                ) + f"add --label {LABEL_WAIT}=10m to wait in the queue"
             return refusal_decision(result, note)
         return await self._wait(identity, limits, request, now, wait)
 
     async def _wait(
-        self, identity: Identity, limits: Limits, request: GpuRequest, now: float, wait: float | None
+        self,
+        identity: Identity,
+        limits: Limits,
+        request: GpuRequest,
+        now: float,
+        wait: float | None,
     ) -> Reservation | Decision:
         wait = LONGEST_WAIT if wait is None else min(wait, LONGEST_WAIT)
-        ticket = Ticket(f"t{next(self._ids)}", identity.user, identity.uid, limits.group,
-                        int(limits.priority), request, limits, now, now + wait)
+        ticket = Ticket(
+            f"t{next(self._ids)}",
+            identity.user,
+            identity.uid,
+            limits.group,
+            int(limits.priority),
+            request,
+            limits,
+            now,
+            now + wait,
+        )
         future: asyncio.Future[Reservation | Refusal] = asyncio.get_running_loop().create_future()
         self._waiters[ticket.id] = future
         position = self.queue.enqueue(ticket)
-        log.info("%s waits for %s (place %d, up to %s)", identity.user, request.describe(), position,
-                 format_duration(wait))
+        log.info(
+            "%s waits for %s (place %d, up to %s)",
+            identity.user,
+            request.describe(),
+            position,
+            format_duration(wait),
+        )
         self.on_change()
         try:
             outcome = await asyncio.wait_for(asyncio.shield(future), timeout=wait)
@@ -112,9 +148,12 @@ class GpuBroker:
             self.on_change()
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            return deny("gpu_wait_timeout",
-                        f"waited {format_duration(wait)} in the GPU queue without a device coming free",
-                        "try again later, or see who holds what with `ds01 gpus`", status=409)
+            return deny(
+                "gpu_wait_timeout",
+                f"waited {format_duration(wait)} in the GPU queue without a device coming free",
+                "try again later, or see who holds what with `ds01 gpus`",
+                status=409,
+            )
         self._waiters.pop(ticket.id, None)
         if isinstance(outcome, Refusal):
             return refusal_decision(outcome)
@@ -123,25 +162,37 @@ class GpuBroker:
     async def _preempt(
         self, identity: Identity, limits: Limits, request: GpuRequest, now: float
     ) -> Reservation | None:
-        victims = self.ledger.preemption_plan(identity.user, limits, request, now, self.idle)
+        """Take devices from idle lower-priority containers (stopped with the normal grace)."""
+        victims = preemption_plan(self.ledger, identity.user, limits, request, now, self.idle)
         if not victims or self.stop_container is None:
             return None
         for victim in victims:
-            why = (f"its GPU was given to a higher-priority request of {identity.user} "
-                   "because the container was idle")
+            why = (
+                f"its GPU was given to a higher-priority request of {identity.user} "
+                "because the container was idle"
+            )
             log.warning("preempting %s (%s): %s", victim.container_id, victim.user, why)
             if victim.container_id:
                 await self.stop_container(victim.container_id, why)
-            self.ledger.rollback(victim.reservation_id)
-            if victim.container_id:
-                self.ledger.container_removed(victim.container_id)  # released now, not after a hold
-        result = self.ledger.reserve(identity.user, identity.uid, limits.group, limits, request, self.clock())
+                released = self.ledger.release(victim.container_id)  # now, not after a hold
+                if released is not None:
+                    self._released(released, f"preempted: {why}")
+        result = self.ledger.reserve(
+            identity.user, identity.uid, limits.group, limits, request, self.clock()
+        )
         return result if isinstance(result, Reservation) else None
 
     def bind(self, reservation: Reservation, container_id: str) -> None:
         self.ledger.bind(reservation.reservation_id, container_id)
-        self.record("allocate", user=reservation.user, uid=reservation.uid, container=container_id,
-                    result="allow", devices=list(reservation.device_ids), gpueq=reservation.gpueq)
+        self.record(
+            "allocate",
+            user=reservation.user,
+            uid=reservation.uid,
+            container=container_id,
+            result="allow",
+            devices=list(reservation.device_ids),
+            gpueq=reservation.gpueq,
+        )
         self.on_change()
 
     def rollback(self, reservation: Reservation) -> None:
@@ -177,8 +228,15 @@ class GpuBroker:
         user = labels.get(LABEL_USER, "?")
         uid = parse_uid(labels)
         limits = self.limits_for(user, uid)
-        result = self.ledger.reacquire(container_id, devices, user=user, uid=uid,
-                                       group=labels.get(LABEL_GROUP, limits.group), now=now, limits=limits)
+        result = self.ledger.reacquire(
+            container_id,
+            devices,
+            user=user,
+            uid=uid,
+            group=labels.get(LABEL_GROUP, limits.group),
+            now=now,
+            limits=limits,
+        )
         if isinstance(result, Refusal):
             return refusal_decision(result)
         self.on_change()
@@ -192,11 +250,22 @@ class GpuBroker:
             for device_id in req.get("DeviceIDs") or []:
                 holder = self.ledger.holder(device_id) or self._holder_by_index(device_id)
                 if holder is not None and holder.container_id != info.get("Id"):
-                    return deny("device_busy", f"{device_id} is held by {holder.whose(self.clock())}",
-                                "start it when the device is free, or create it through DS01")
-            if not req.get("DeviceIDs") and (req.get("Count") or 0) != 0 and self.ledger.allocations():
-                return deny("device_busy", "this container asks for GPUs by count outside DS01 while "
-                            "DS01 has GPUs allocated", "create GPU containers through the DS01 gateway")
+                    return deny(
+                        "device_busy",
+                        f"{device_id} is held by {holder.whose(self.clock())}",
+                        "start it when the device is free, or create it through DS01",
+                    )
+            if (
+                not req.get("DeviceIDs")
+                and (req.get("Count") or 0) != 0
+                and self.ledger.allocations()
+            ):
+                return deny(
+                    "device_busy",
+                    "this container asks for GPUs by count outside DS01 while "
+                    "DS01 has GPUs allocated",
+                    "create GPU containers through the DS01 gateway",
+                )
         return None
 
     def _holder_by_index(self, device_id: str) -> Any:
@@ -226,8 +295,14 @@ class GpuBroker:
             self.dispatch()
 
     def _released(self, alloc: Any, why: str) -> None:
-        self.record("release", user=alloc.user, uid=alloc.uid, container=alloc.container_id,
-                    reason=why, devices=list(alloc.devices))
+        self.record(
+            "release",
+            user=alloc.user,
+            uid=alloc.uid,
+            container=alloc.container_id,
+            reason=why,
+            devices=list(alloc.devices),
+        )
 
     def tick(self, now: float) -> None:
         """Periodic: holds that ran out, reservations that never came back, queue deadlines."""
@@ -260,10 +335,14 @@ async def container_summaries(docker: Any) -> list[ContainerSummary]:
         state = entry.get("State", "created")
         summary = ContainerSummary(id=entry.get("Id", ""), labels=labels, state=state)
         has_devices = bool(labels.get(LABEL_DEVICES))
-        if (has_devices and state in ("exited", "dead")) or (not has_devices and state == "running"):
+        if (has_devices and state in ("exited", "dead")) or (
+            not has_devices and state == "running"
+        ):
             info = await docker.inspect_container(summary.id)
             if info is not None:
-                summary = replace(summary, finished_at=_finished_at(info), gpu_devices=_gpu_devices(info))
+                summary = replace(
+                    summary, finished_at=_finished_at(info), gpu_devices=_gpu_devices(info)
+                )
         out.append(summary)
     return out
 

@@ -29,7 +29,11 @@ def identity_for_uid(uid: int) -> Identity:
         except KeyError:
             names.add(str(gid))
     return Identity(
-        uid=uid, user=entry.pw_name, groups=frozenset(names), home=entry.pw_dir, channel=Channel.GATEWAY
+        uid=uid,
+        user=entry.pw_name,
+        groups=frozenset(names),
+        home=entry.pw_dir,
+        channel=Channel.GATEWAY,
     )
 
 

@@ -18,7 +18,9 @@ log = logging.getLogger("ds01.policy")
 
 
 class PolicyStore:
-    def __init__(self, path: str | None, on_reload: Callable[[bool, str], None] | None = None) -> None:
+    def __init__(
+        self, path: str | None, on_reload: Callable[[bool, str], None] | None = None
+    ) -> None:
         self.path = path
         self._on_reload = on_reload or (lambda ok, detail: None)
         self._mtime: float | None = None

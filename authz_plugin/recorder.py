@@ -21,25 +21,51 @@ log = logging.getLogger("ds01.recorder")
 
 _METRIC_STATE = {State.RESERVED: "reserved", State.BOUND: "allocated", State.HELD: "held"}
 # Reads that happen constantly and change nothing are counted but not written to the audit log.
-_QUIET = {"/_ping", "/version", "/info", "/events", "/containers/json", "/images/json",
-          "/containers/{id}/json", "/exec/{id}/json", "/volumes", "/networks"}
+_QUIET = {
+    "/_ping",
+    "/version",
+    "/info",
+    "/events",
+    "/containers/json",
+    "/images/json",
+    "/containers/{id}/json",
+    "/exec/{id}/json",
+    "/volumes",
+    "/networks",
+}
 
 
 class Recorder:
-    def __init__(self, metrics: Metrics | None, audit: AuditLog | None,
-                 job_mapping: JobMappingDir | None = None) -> None:
+    def __init__(
+        self,
+        metrics: Metrics | None,
+        audit: AuditLog | None,
+        job_mapping: JobMappingDir | None = None,
+    ) -> None:
         self.metrics = metrics
         self.audit = audit
         self.job_mapping = job_mapping
 
-    def decision(self, door: str, route: Route | None, identity: Identity, decision: Decision,
-                 seconds: float, container: str | None = None) -> None:
+    def decision(
+        self,
+        door: str,
+        route: Route | None,
+        identity: Identity,
+        decision: Decision,
+        seconds: float,
+        container: str | None = None,
+    ) -> None:
         endpoint = route.endpoint if route else "unroutable"
         if self.metrics is not None:
             self.metrics.record_decision(door, endpoint, decision.allowed, decision.code, seconds)
         if self.audit is None:
             return
-        if decision.allowed and not decision.audited and not decision.changes and endpoint in _QUIET:
+        if (
+            decision.allowed
+            and not decision.audited
+            and not decision.changes
+            and endpoint in _QUIET
+        ):
             return
         self.audit.record(
             "decision" if not decision.audited else "admin",
@@ -64,9 +90,17 @@ class Recorder:
         rows, usage, mapping = [], {}, {}
         for status in snapshot.devices:
             device, alloc = status.device, status.allocation
-            state = "unusable" if device is None else (_METRIC_STATE.get(alloc.state) if alloc else "free")
-            row: dict[str, Any] = {"device": status.uuid, "kind": device.kind if device else "gpu",
-                                   "state": state or "free", "profile": device.profile if device else ""}
+            state = (
+                "unusable"
+                if device is None
+                else (_METRIC_STATE.get(alloc.state) if alloc else "free")
+            )
+            row: dict[str, Any] = {
+                "device": status.uuid,
+                "kind": device.kind if device else "gpu",
+                "state": state or "free",
+                "profile": device.profile if device else "",
+            }
             if alloc is not None:
                 row["user"], row["container"] = alloc.user, (alloc.container_id or "")[:12] or None
                 key = (alloc.user, alloc.group)
@@ -74,12 +108,15 @@ class Recorder:
                     usage[key] = usage.get(key, 0.0) + device.gpueq
                     if device.kind == "gpu" or device.gi_id is not None:  # dcgm names GPU.GI
                         gi = device.gi_id if device.kind == "mig" else None
-                        mapping[(device.gpu_index, gi)] = f"{alloc.user}/{(alloc.container_id or 'creating')[:12]}"
+                        mapping[(device.gpu_index, gi)] = (
+                            f"{alloc.user}/{(alloc.container_id or 'creating')[:12]}"
+                        )
             rows.append(row)
         if self.metrics is not None:
             self.metrics.set_devices(rows)
             self.metrics.set_gpu_usage(
-                [{"user": u, "group": g, "gpu_equivalents": v} for (u, g), v in usage.items()])
+                [{"user": u, "group": g, "gpu_equivalents": v} for (u, g), v in usage.items()]
+            )
             self.metrics.set_queue_length(queue_length)
         if self.job_mapping is not None:
             try:

@@ -31,8 +31,15 @@ log = logging.getLogger("ds01.service")
 class Recorder(Protocol):
     """Where decisions go besides the caller: metrics and the audit log."""
 
-    def decision(self, door: str, route: Route | None, identity: Identity, decision: Decision,
-                 seconds: float, container: str | None = None) -> None: ...
+    def decision(
+        self,
+        door: str,
+        route: Route | None,
+        identity: Identity,
+        decision: Decision,
+        seconds: float,
+        container: str | None = None,
+    ) -> None: ...
 
     def event(self, event: str, **fields: Any) -> None: ...
 
@@ -62,8 +69,13 @@ def facts_from_container(info: dict[str, Any], kind: str = "container") -> Objec
 
 def _facts_from_labelled(info: dict[str, Any], kind: str) -> ObjectFacts:
     labels = info.get("Labels") or {}
-    return ObjectFacts(kind=kind, id=info.get("Id") or info.get("Name", ""),
-                       owner=labels.get(LABEL_USER), name=info.get("Name", ""), labels=labels)
+    return ObjectFacts(
+        kind=kind,
+        id=info.get("Id") or info.get("Name", ""),
+        owner=labels.get(LABEL_USER),
+        name=info.get("Name", ""),
+        labels=labels,
+    )
 
 
 class Service:
@@ -94,7 +106,9 @@ class Service:
 
     # ---- deciding ------------------------------------------------------------------------
 
-    async def decide(self, request: Request, identity: Identity, door: str) -> tuple[Decision, Limits]:
+    async def decide(
+        self, request: Request, identity: Identity, door: str
+    ) -> tuple[Decision, Limits]:
         """Look up what the request names, decide, record. Never raises."""
         started = time.perf_counter()
         route = route_of(request)
@@ -104,13 +118,18 @@ class Service:
             if route is not None:
                 state = await self.state_for(route, request, identity)
         except DockerError as exc:
-            decision = deny("docker_unavailable", f"could not look up the objects named ({exc.message})",
-                            "try again; if it persists, ask an admin", 503)
+            decision = deny(
+                "docker_unavailable",
+                f"could not look up the objects named ({exc.message})",
+                "try again; if it persists, ask an admin",
+                503,
+            )
         else:
             decision = decide(request, identity, limits, state)
         container = state.target.id if state.target else None
-        self.recorder.decision(door, route, identity, decision, time.perf_counter() - started,
-                               container=container)
+        self.recorder.decision(
+            door, route, identity, decision, time.perf_counter() - started, container=container
+        )
         return decision, limits
 
     async def state_for(self, route: Route, request: Request, identity: Identity) -> State:
@@ -162,7 +181,9 @@ class Service:
                     info = await self.docker.inspect_volume(name)
                     if info:
                         related[f"volume:{name}"] = _facts_from_labelled(info, "volume")
-                owned = await self.docker.list_containers({"label": [f"{LABEL_USER}={identity.user}"]})
+                owned = await self.docker.list_containers(
+                    {"label": [f"{LABEL_USER}={identity.user}"]}
+                )
                 count = len(owned)
         return replace(base, target=target, related=related, user_containers=count)
 
@@ -174,7 +195,9 @@ class Service:
         if not container:
             return None
         facts = facts_from_container(container, kind="exec")
-        return replace(facts, id=exec_id, details={**facts.details, "container": container.get("Id")})
+        return replace(
+            facts, id=exec_id, details={**facts.details, "container": container.get("Id")}
+        )
 
     # ---- the AuthZ plugin's view ---------------------------------------------------------
 
@@ -210,7 +233,9 @@ class Service:
         self.tickets.finish(_header(req.headers, TOKEN_HEADER))
         return AuthzAnswer(True)
 
-    async def start_guard(self, request: Request, identity: Identity, already_checked: bool = False) -> Decision | None:
+    async def start_guard(
+        self, request: Request, identity: Identity, already_checked: bool = False
+    ) -> Decision | None:
         """On every container start: its recorded GPUs must be free (or are re-acquired)."""
         route = route_of(request)
         if self.gpus is None or route is None or route.endpoint != "/containers/{id}/start":
@@ -232,7 +257,7 @@ def _header(headers: dict[str, str], name: str) -> str | None:
 def _try_body(route: Route, request: Request) -> dict[str, Any] | None:
     try:
         body = parse_body(route, request)
-    except Exception:  # noqa: BLE001 - the engine reports body problems with its own reason
+    except Exception:
         return None
     return body if isinstance(body, dict) else None
 

@@ -118,7 +118,9 @@ def apply_allocation(
     return body
 
 
-def _pin_owner(body: dict[str, Any], identity: Identity, limits: Limits, changes: list[str]) -> None:
+def _pin_owner(
+    body: dict[str, Any], identity: Identity, limits: Limits, changes: list[str]
+) -> None:
     labels = body.get("Labels") or {}
     spoofed = sorted(k for k in labels if _reserved_label(k))
     if spoofed:
@@ -149,21 +151,31 @@ def _scrub_env(body: dict[str, Any], changes: list[str]) -> None:
     body["Env"] = [e for e in env if not e.upper().startswith("NVIDIA_")]
 
 
-def _check_host_config(host: dict[str, Any], identity: Identity, limits: Limits, state: State) -> None:
+def _check_host_config(
+    host: dict[str, Any], identity: Identity, limits: Limits, state: State
+) -> None:
     group = who(limits)
     ask = "ask an admin to grant it in the DS01 policy (allow: [...])"
     if host.get("Privileged") and not limits.allows("privileged"):
-        raise refuse("privileged", f"--privileged is not allowed for {group}", "run without --privileged")
+        raise refuse(
+            "privileged", f"--privileged is not allowed for {group}", "run without --privileged"
+        )
     if host.get("CapAdd") and not limits.allows("cap_add"):
         caps = ", ".join(host["CapAdd"])
-        raise refuse("cap_add", f"--cap-add {caps} is not allowed for {group}", f"drop --cap-add, or {ask}")
+        raise refuse(
+            "cap_add", f"--cap-add {caps} is not allowed for {group}", f"drop --cap-add, or {ask}"
+        )
     if host.get("Devices") and not limits.allows("devices"):
         raise refuse(
-            "devices", f"--device is not allowed for {group}", "ask for GPUs with --gpus, not --device"
+            "devices",
+            f"--device is not allowed for {group}",
+            "ask for GPUs with --gpus, not --device",
         )
     if host.get("DeviceCgroupRules") and not limits.allows("device_cgroup_rules"):
         raise refuse(
-            "device_cgroup_rules", f"--device-cgroup-rule is not allowed for {group}", f"drop it, or {ask}"
+            "device_cgroup_rules",
+            f"--device-cgroup-rule is not allowed for {group}",
+            f"drop it, or {ask}",
         )
     unsafe = [o for o in host.get("SecurityOpt") or [] if o not in _SAFE_SECURITY_OPTS]
     if unsafe and not limits.allows("security_opt"):
@@ -181,7 +193,9 @@ def _check_host_config(host: dict[str, Any], identity: Identity, limits: Limits,
             "drop --runtime; GPUs are given with --gpus",
         )
     if host.get("Isolation", "") not in ("", "default"):
-        raise refuse("isolation", f"--isolation {host['Isolation']} is not supported", "drop --isolation")
+        raise refuse(
+            "isolation", f"--isolation {host['Isolation']} is not supported", "drop --isolation"
+        )
     if host.get("CgroupParent") and host["CgroupParent"] != cgroup_parent(
         state.cgroup_driver, identity.user, limits.group
     ):
@@ -205,7 +219,9 @@ def _check_host_config(host: dict[str, Any], identity: Identity, limits: Limits,
     if host.get("Annotations"):
         raise refuse("annotations", "--annotation is not allowed for " + group, "drop --annotation")
     if host.get("OomKillDisable"):
-        raise refuse("oom_kill_disable", "--oom-kill-disable is not allowed", "drop --oom-kill-disable")
+        raise refuse(
+            "oom_kill_disable", "--oom-kill-disable is not allowed", "drop --oom-kill-disable"
+        )
     if (host.get("OomScoreAdj") or 0) < 0:
         raise refuse(
             "oom_score_adj",
@@ -214,7 +230,9 @@ def _check_host_config(host: dict[str, Any], identity: Identity, limits: Limits,
         )
     log_type = (host.get("LogConfig") or {}).get("Type") or ""
     if log_type not in _SAFE_LOG_DRIVERS:
-        raise refuse("log_driver", f"--log-driver {log_type} is not allowed", "use the default log driver")
+        raise refuse(
+            "log_driver", f"--log-driver {log_type} is not allowed", "use the default log driver"
+        )
     if (host.get("VolumeDriver") or "") not in ("", "local"):
         raise refuse("volume_driver", "--volume-driver is not allowed", "drop --volume-driver")
     for bind in host.get("Binds") or []:
@@ -243,17 +261,21 @@ def _check_mount(mount: dict[str, Any], identity: Identity, limits: Limits, stat
         if problem:
             raise refuse("bind_mount", problem, "mount a folder under your home directory instead")
     elif kind == "volume":
-        driver = ((mount.get("VolumeOptions") or {}).get("DriverConfig") or {})
+        driver = (mount.get("VolumeOptions") or {}).get("DriverConfig") or {}
         _check_volume_driver(driver.get("Name") or "", driver.get("Options") or {})
         if source:
             _check_volume_name(source, identity, state)
     elif kind not in ("tmpfs", "image"):
-        raise refuse("mount_type", f"mounts of type {kind!r} are not allowed", "use bind, volume or tmpfs")
+        raise refuse(
+            "mount_type", f"mounts of type {kind!r} are not allowed", "use bind, volume or tmpfs"
+        )
 
 
 def _check_volume_driver(driver: str, options: dict[str, Any]) -> None:
     if driver not in ("", "local"):
-        raise refuse("volume_driver", f"volume driver {driver!r} is not allowed", "use the local driver")
+        raise refuse(
+            "volume_driver", f"volume driver {driver!r} is not allowed", "use the local driver"
+        )
     if any(k.casefold() in ("type", "o", "device") for k in options):
         raise refuse(
             "volume_bind_options",
@@ -269,7 +291,9 @@ def _check_volume_name(name: str, identity: Identity, state: State) -> None:
         raise Denied(not_found("volume", name))
 
 
-def _check_references(body: dict[str, Any], host: dict[str, Any], identity: Identity, state: State) -> None:
+def _check_references(
+    body: dict[str, Any], host: dict[str, Any], identity: Identity, state: State
+) -> None:
     """Other containers the body names (namespaces, VolumesFrom, links) must be the user's."""
     for ref in referenced_containers(body):
         facts = state.related.get(f"container:{ref}")
@@ -334,7 +358,7 @@ def _apply_resources(host: dict[str, Any], limits: Limits, changes: list[str]) -
     _cap_cpus(host, limits.max_cpus, group, changes)
 
 
-def _cap_int(host, key, cap, flag, group, changes, fmt) -> None:  # noqa: ANN001
+def _cap_int(host, key, cap, flag, group, changes, fmt) -> None:
     if cap is None:
         return
     value = host.get(key) or 0

@@ -46,16 +46,39 @@ OPTIONAL_BODY_SHAPES: dict[str, Shape] = {"/exec/{id}/start": EXEC_START}
 
 # Readable by everyone, acting on no user's object.
 _OPEN = {
-    "/_ping", "/version", "/info", "/auth", "/images/json", "/images/create", "/images/load",
-    "/images/get", "/images/search", "/images/{name*}/get", "/images/{name*}/history",
-    "/images/{name*}/json", "/images/{name*}/push", "/images/{name*}/tag", "/images/{name*}",
-    "/distribution/{name*}/json", "/networks", "/session", "/grpc",
+    "/_ping",
+    "/version",
+    "/info",
+    "/auth",
+    "/images/json",
+    "/images/create",
+    "/images/load",
+    "/images/get",
+    "/images/search",
+    "/images/{name*}/get",
+    "/images/{name*}/history",
+    "/images/{name*}/json",
+    "/images/{name*}/push",
+    "/images/{name*}/tag",
+    "/images/{name*}",
+    "/distribution/{name*}/json",
+    "/networks",
+    "/session",
+    "/grpc",
     "/build/cancel",
 }
 # Lists a non-admin sees only their own part of: the owner filter is added to the query.
 _OWNER_FILTERED = {"/containers/json", "/events", "/volumes", "/containers/prune", "/volumes/prune"}
 # Cluster, plugin and host-wide maintenance: admins only.
-_ADMIN_ONLY_PREFIXES = ("/plugins", "/swarm", "/services", "/nodes", "/secrets", "/configs", "/tasks")
+_ADMIN_ONLY_PREFIXES = (
+    "/plugins",
+    "/swarm",
+    "/services",
+    "/nodes",
+    "/secrets",
+    "/configs",
+    "/tasks",
+)
 _ADMIN_ONLY = {"/system/df", "/images/prune", "/build/prune", "/networks/prune"}
 
 _CONTAINER_ROUTES_ON_ID = "/containers/{id}"
@@ -70,12 +93,18 @@ def decide(request: Request, identity: Identity, limits: Limits, state: State) -
     except RouteError as exc:
         return deny("bad_request", str(exc), "use the docker CLI or an SDK, unmodified", 400)
     except BodyError as exc:
-        return deny("bad_body", f"refused an unclear request body: {exc}", "send plain Docker API JSON", 400)
+        return deny(
+            "bad_body", f"refused an unclear request body: {exc}", "send plain Docker API JSON", 400
+        )
     except Denied as exc:
         return exc.decision
-    except Exception as exc:  # noqa: BLE001 - fail closed on our own bugs too, and say so
-        return deny("internal", f"DS01 could not decide this request ({type(exc).__name__})",
-                    "report this to an admin; nothing was changed", 403)
+    except Exception as exc:
+        return deny(
+            "internal",
+            f"DS01 could not decide this request ({type(exc).__name__})",
+            "report this to an admin; nothing was changed",
+            403,
+        )
 
 
 def route_of(request: Request) -> Route | None:
@@ -95,28 +124,38 @@ def parse_body(route: Route, request: Request) -> dict[str, Any] | None:
     if not request.body:
         if optional:
             return None
-        raise Denied(deny(
-            "no_body",
-            f"{route.method} {route.endpoint} arrived without its JSON body (bodies over 1 MiB, "
-            "chunked, or not sent as application/json are not shown to DS01)",
-            "send the request with Content-Type: application/json and a body under 1 MiB",
-            400,
-        ))
+        raise Denied(
+            deny(
+                "no_body",
+                f"{route.method} {route.endpoint} arrived without its JSON body (bodies over 1 MiB, "
+                "chunked, or not sent as application/json are not shown to DS01)",
+                "send the request with Content-Type: application/json and a body under 1 MiB",
+                400,
+            )
+        )
     body = loads_strict(request.body)
     check_shape(body, shape)
     return body
 
 
-def _decide(route: Route, request: Request, identity: Identity, limits: Limits, state: State) -> Decision:
+def _decide(
+    route: Route, request: Request, identity: Identity, limits: Limits, state: State
+) -> Decision:
     _check_framing(request, route)
     if identity.is_direct:
         if limits.values.get("direct_access", "allow") == "deny":
-            return deny("direct_access", "direct access to dockerd is disabled by the DS01 policy",
-                        "use the DS01 gateway socket (/var/run/docker.sock)")
+            return deny(
+                "direct_access",
+                "direct access to dockerd is disabled by the DS01 policy",
+                "use the DS01 gateway socket (/var/run/docker.sock)",
+            )
         return allow(audited=True)
     if not limits.known and limits.values.get("unknown_users", "allow") == "deny":
-        return deny("unknown_user", f"{identity.user} is not in the DS01 policy",
-                    "ask an admin to add you to a group in /etc/ds01/policy.yaml")
+        return deny(
+            "unknown_user",
+            f"{identity.user} is not in the DS01 policy",
+            "ask an admin to add you to a group in /etc/ds01/policy.yaml",
+        )
     body = parse_body(route, request)
     endpoint = route.endpoint
     if endpoint.startswith(_ADMIN_ONLY_PREFIXES) or endpoint in _ADMIN_ONLY:
@@ -134,20 +173,34 @@ def _decide(route: Route, request: Request, identity: Identity, limits: Limits, 
         return _owned_object(route, body, identity, limits, state)
     if endpoint.startswith("/volumes/{name}"):
         return _owned_object(route, body, identity, limits, state)
-    return deny("unknown_endpoint", f"{route.method} {route.path} is not governed by DS01", _ADMIN_FIX)
+    return deny(
+        "unknown_endpoint", f"{route.method} {route.path} is not governed by DS01", _ADMIN_FIX
+    )
 
 
 def _check_framing(request: Request, route: Route) -> None:
     if request.header("Content-Length") is not None and request.header("Transfer-Encoding"):
-        raise Denied(deny("bad_request", "a request with both Content-Length and Transfer-Encoding",
-                          "send one framing header", 400))
+        raise Denied(
+            deny(
+                "bad_request",
+                "a request with both Content-Length and Transfer-Encoding",
+                "send one framing header",
+                400,
+            )
+        )
     length = (request.header("Content-Length") or "0").strip()
     if route.endpoint == "/containers/{id}/start" and (
         request.header("Transfer-Encoding") or length != "0" or request.body
     ):
         # API < 1.24 let a start body carry a HostConfig; refuse any start body at all.
-        raise Denied(deny("bad_body", "a container start request must have no body",
-                          "start containers with docker start NAME", 400))
+        raise Denied(
+            deny(
+                "bad_body",
+                "a container start request must have no body",
+                "start containers with docker start NAME",
+                400,
+            )
+        )
 
 
 def owner_filter_query(route: Route, user: str) -> dict[str, list[str]]:
@@ -157,10 +210,18 @@ def owner_filter_query(route: Route, user: str) -> dict[str, list[str]]:
     try:
         filters = json.loads(raw) if raw else {}
     except ValueError:
-        raise Denied(deny("bad_request", "the filters query parameter is not JSON",
-                          "pass filters as the docker CLI does", 400)) from None
+        raise Denied(
+            deny(
+                "bad_request",
+                "the filters query parameter is not JSON",
+                "pass filters as the docker CLI does",
+                400,
+            )
+        ) from None
     if not isinstance(filters, dict):
-        raise Denied(deny("bad_request", "the filters query parameter is not a JSON object", "", 400))
+        raise Denied(
+            deny("bad_request", "the filters query parameter is not a JSON object", "", 400)
+        )
     labels = filters.get("label", [])
     if isinstance(labels, dict):  # legacy form {"label": {"a=b": true}}
         labels = [k for k, v in labels.items() if v]
@@ -175,13 +236,20 @@ def owner_filter_query(route: Route, user: str) -> dict[str, list[str]]:
 def _owner_filtered(route: Route, identity: Identity, limits: Limits) -> Decision:
     if limits.is_admin:
         return allow()
-    return allow(query=owner_filter_query(route, identity.user),
-                 changes=(f"filters label={LABEL_USER}={identity.user}",))
+    return allow(
+        query=owner_filter_query(route, identity.user),
+        changes=(f"filters label={LABEL_USER}={identity.user}",),
+    )
 
 
-def _owned_object(route: Route, body: Any, identity: Identity, limits: Limits, state: State) -> Decision:
-    kind = "volume" if route.endpoint.startswith("/volumes") else (
-        "exec instance" if route.endpoint.startswith("/exec") else "container")
+def _owned_object(
+    route: Route, body: Any, identity: Identity, limits: Limits, state: State
+) -> Decision:
+    kind = (
+        "volume"
+        if route.endpoint.startswith("/volumes")
+        else ("exec instance" if route.endpoint.startswith("/exec") else "container")
+    )
     ref = route.params.get("id") or route.params.get("name") or ""
     target = state.target
     if target is None:
@@ -189,79 +257,129 @@ def _owned_object(route: Route, body: Any, identity: Identity, limits: Limits, s
     if target.owner != identity.user:
         if not limits.is_admin:
             return not_found(kind, ref)
-        return allow(audited=True, changes=(f"admin action on {target.owner or 'unowned'}'s {kind}",))
+        return allow(
+            audited=True, changes=(f"admin action on {target.owner or 'unowned'}'s {kind}",)
+        )
     return allow()
 
 
-def _container_create(route: Route, body: Any, identity: Identity, limits: Limits, state: State) -> Decision:
+def _container_create(
+    route: Route, body: Any, identity: Identity, limits: Limits, state: State
+) -> Decision:
     return create_rules.decide_create(body, identity, limits, state)
 
 
-def _container_update(route: Route, body: Any, identity: Identity, limits: Limits, state: State) -> Decision:
+def _container_update(
+    route: Route, body: Any, identity: Identity, limits: Limits, state: State
+) -> Decision:
     owned = _owned_object(route, body, identity, limits, state)
     if not owned.allowed or limits.is_admin:
         return owned
     for key in ("CgroupParent", "Devices", "DeviceCgroupRules", "DeviceRequests"):
         if body.get(key):
-            return deny("update_forbidden", f"docker update cannot change {key}",
-                        "recreate the container with the settings you need")
+            return deny(
+                "update_forbidden",
+                f"docker update cannot change {key}",
+                "recreate the container with the settings you need",
+            )
     group = create_rules.who(limits)
-    caps = (("Memory", limits.memory, "--memory"), ("MemorySwap", limits.memory, "--memory-swap"),
-            ("PidsLimit", limits.pids_limit, "--pids-limit"),
-            ("NanoCpus", None if limits.max_cpus is None else int(limits.max_cpus * create_rules.NANO), "--cpus"))
+    caps = (
+        ("Memory", limits.memory, "--memory"),
+        ("MemorySwap", limits.memory, "--memory-swap"),
+        ("PidsLimit", limits.pids_limit, "--pids-limit"),
+        (
+            "NanoCpus",
+            None if limits.max_cpus is None else int(limits.max_cpus * create_rules.NANO),
+            "--cpus",
+        ),
+    )
     for key, cap, flag in caps:
         value = body.get(key)
         if cap is None or value in (None, 0):
             continue  # 0 means "unchanged" to docker update
         if value < 0 or value > cap:
-            return deny("update_raise", f"docker update {flag} would raise your limit above {group}'s",
-                        f"keep {flag} at or below the per-container limit (ds01 limits)")
+            return deny(
+                "update_raise",
+                f"docker update {flag} would raise your limit above {group}'s",
+                f"keep {flag} at or below the per-container limit (ds01 limits)",
+            )
     if limits.max_cpus is not None and (body.get("CpuQuota") or 0) != 0:
         return deny("update_raise", "docker update --cpu-quota is not allowed", "use --cpus")
     restart = (body.get("RestartPolicy") or {}).get("Name") or "no"
-    if state.target is not None and state.target.labels.get(LABEL_DEVICES) and restart not in ("", "no"):
-        return deny("gpu_restart_policy", "restart policies are not allowed on GPU containers",
-                    "keep --restart no")
+    if (
+        state.target is not None
+        and state.target.labels.get(LABEL_DEVICES)
+        and restart not in ("", "no")
+    ):
+        return deny(
+            "gpu_restart_policy",
+            "restart policies are not allowed on GPU containers",
+            "keep --restart no",
+        )
     return allow()
 
 
-def _exec_create(route: Route, body: Any, identity: Identity, limits: Limits, state: State) -> Decision:
+def _exec_create(
+    route: Route, body: Any, identity: Identity, limits: Limits, state: State
+) -> Decision:
     owned = _owned_object(route, body, identity, limits, state)
     if not owned.allowed:
         return owned
     if body.get("Privileged") and not limits.allows("privileged"):
-        return deny("exec_privileged", f"docker exec --privileged is not allowed for {create_rules.who(limits)}",
-                    "run docker exec without --privileged")
+        return deny(
+            "exec_privileged",
+            f"docker exec --privileged is not allowed for {create_rules.who(limits)}",
+            "run docker exec without --privileged",
+        )
     env = [e for e in body.get("Env") or [] if e.upper().startswith("NVIDIA_")]
     if env:
-        return deny("exec_env", "NVIDIA_* variables cannot be set on exec",
-                    "GPUs are given when the container is created (--gpus)")
+        return deny(
+            "exec_env",
+            "NVIDIA_* variables cannot be set on exec",
+            "GPUs are given when the container is created (--gpus)",
+        )
     return owned
 
 
-def _volume_create(route: Route, body: Any, identity: Identity, limits: Limits, state: State) -> Decision:
+def _volume_create(
+    route: Route, body: Any, identity: Identity, limits: Limits, state: State
+) -> Decision:
     if not limits.is_admin:
         create_rules._check_volume_driver(body.get("Driver") or "", body.get("DriverOpts") or {})
         existing = state.target
         if existing is not None and existing.owner != identity.user:
-            return deny("volume_exists", f"a volume named {body.get('Name')} already exists",
-                        "choose another volume name")
+            return deny(
+                "volume_exists",
+                f"a volume named {body.get('Name')} already exists",
+                "choose another volume name",
+            )
     body["Labels"] = create_rules.owned_labels(body.get("Labels"), identity.user)
     return allow(body=body, changes=(f"Labels {LABEL_USER}={identity.user}",))
 
 
-def _network_create(route: Route, body: Any, identity: Identity, limits: Limits, state: State) -> Decision:
+def _network_create(
+    route: Route, body: Any, identity: Identity, limits: Limits, state: State
+) -> Decision:
     if not limits.is_admin:
         if (body.get("Driver") or "bridge") != "bridge":
-            return deny("network_driver", f"network driver {body.get('Driver')} is not allowed",
-                        "create bridge networks only")
+            return deny(
+                "network_driver",
+                f"network driver {body.get('Driver')} is not allowed",
+                "create bridge networks only",
+            )
         if body.get("Ingress") or body.get("ConfigFrom") or body.get("Options"):
-            return deny("network_options", "network options are not allowed", "create a plain bridge network")
+            return deny(
+                "network_options",
+                "network options are not allowed",
+                "create a plain bridge network",
+            )
     body["Labels"] = create_rules.owned_labels(body.get("Labels"), identity.user)
     return allow(body=body)
 
 
-def _network_object(route: Route, body: Any, identity: Identity, limits: Limits, state: State) -> Decision:
+def _network_object(
+    route: Route, body: Any, identity: Identity, limits: Limits, state: State
+) -> Decision:
     if route.method == "GET":
         return allow()
     if limits.is_admin:
@@ -280,7 +398,11 @@ def _build(route: Route, body: Any, identity: Identity, limits: Limits, state: S
     if limits.is_admin:
         return allow()
     if route.q("networkmode") == "host":
-        return deny("build_network_host", "docker build --network host is not allowed", "drop --network host")
+        return deny(
+            "build_network_host",
+            "docker build --network host is not allowed",
+            "drop --network host",
+        )
     if route.q("cgroupparent"):
         return deny("cgroup_parent", "--cgroup-parent is chosen by DS01", "drop --cgroup-parent")
     return allow()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class Channel(str, Enum):
+class Channel(StrEnum):
     """How the request reached dockerd; decides how far its identity can be trusted."""
 
     GATEWAY = "gateway"  # through ds01d's socket: identity from SO_PEERCRED

@@ -15,12 +15,27 @@ from .units import parse_duration, parse_size
 # How to combine a key across several groups: the most generous value wins.
 _SIZES = {"memory", "shm_size"}
 _DURATIONS = {
-    "idle_timeout", "max_runtime", "gpu_hold_after_stop", "container_hold_after_stop", "gpu_wait",
+    "idle_timeout",
+    "max_runtime",
+    "gpu_hold_after_stop",
+    "container_hold_after_stop",
+    "gpu_wait",
 }
 _UNLIMITED_IS_NONE = {
-    "max_gpus", "max_mig_instances", "max_gpu_equivalents", "max_gpus_per_container",
-    "max_containers", "max_cpus", "memory", "shm_size", "pids_limit", "idle_timeout",
-    "max_runtime", "container_hold_after_stop", "gpu_wait", "allowed_mig_profiles",
+    "max_gpus",
+    "max_mig_instances",
+    "max_gpu_equivalents",
+    "max_gpus_per_container",
+    "max_containers",
+    "max_cpus",
+    "memory",
+    "shm_size",
+    "pids_limit",
+    "idle_timeout",
+    "max_runtime",
+    "container_hold_after_stop",
+    "gpu_wait",
+    "allowed_mig_profiles",
 }
 _BOOLEANS = {"admin", "allow_full_gpu", "preempt_idle"}
 _LISTS = {"bind_mounts", "allow"}
@@ -126,7 +141,10 @@ def resolve(doc: PolicyDocument, identity: Identity) -> Limits:
     values = {k: _normalise(k, v) for k, v in BUILTIN_DEFAULTS.items()}
     sources = dict.fromkeys(values, "built-in")
     for key, value in (doc.data.get("defaults") or {}).items():
-        values[key], sources[key] = _merge_aggregate(key, values[key], _normalise(key, value)), "defaults"
+        values[key], sources[key] = (
+            _merge_aggregate(key, values[key], _normalise(key, value)),
+            "defaults",
+        )
     groups = groups_of(doc, identity)
     group_values: dict[str, Any] = {}
     for name in groups:

@@ -63,7 +63,8 @@ def parse_policy(text: str, source: str = "policy.yaml") -> PolicyDocument:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None
-        raise PolicyError(source, line, "", f"not valid YAML: {getattr(exc, 'problem', exc)}")
+        reason = f"not valid YAML: {getattr(exc, 'problem', exc)}"
+        raise PolicyError(source, line, "", reason) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -95,7 +96,9 @@ def _most_specific(error: jsonschema.ValidationError) -> jsonschema.ValidationEr
 
 def _unknown_keys(error: jsonschema.ValidationError) -> list[str]:
     allowed = set(error.schema.get("properties", {})) if isinstance(error.schema, dict) else set()
-    keys = [k for k in error.instance if k not in allowed] if isinstance(error.instance, dict) else []
+    keys = (
+        [k for k in error.instance if k not in allowed] if isinstance(error.instance, dict) else []
+    )
     quoted = re.findall(r"'([^']+)'", error.message)
     return [k for k in keys if k in quoted] or quoted or ["?"]
 
@@ -124,7 +127,7 @@ def _line_of(node: yaml.Node | None, path: list[Any]) -> int | None:
         if isinstance(node, yaml.MappingNode):
             for k, v in node.value:
                 if k.value == str(key):
-                    child = v if not isinstance(v, yaml.ScalarNode) else v
+                    child = v
                     line = k.start_mark.line + 1
                     break
         elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):

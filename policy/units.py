@@ -69,7 +69,7 @@ def format_duration(value: float | None) -> str:
     """A compact duration (``172800`` -> ``2d``, ``5400`` -> ``1h30m``)."""
     if value is None:
         return "unlimited"
-    remaining = int(round(value))
+    remaining = round(value)
     if remaining == 0:
         return "0s"
     out = []

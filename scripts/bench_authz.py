@@ -61,8 +61,11 @@ def payloads(service: Service) -> list[bytes]:
             "UserAuthNMethod": "",
             "RequestMethod": method,
             "RequestUri": uri,
-            "RequestHeaders": {"Content-Type": "application/json", "User-Agent": "Docker-Client/28.2.2",
-                               TOKEN_HEADER: token},
+            "RequestHeaders": {
+                "Content-Type": "application/json",
+                "User-Agent": "Docker-Client/28.2.2",
+                TOKEN_HEADER: token,
+            },
         }
         if create:
             req["RequestBody"] = base64.b64encode(body).decode()
@@ -131,7 +134,9 @@ async def main() -> dict[str, float]:
     rounds = [payloads(SERVICE) for _ in range(3)]
     children = []
     for name, sock in socks.items():
-        child = multiprocessing.get_context("fork").Process(target=serve, args=(name, sock), daemon=True)
+        child = multiprocessing.get_context("fork").Process(
+            target=serve, args=(name, sock), daemon=True
+        )
         child.start()
         children.append(child)
     try:
@@ -159,14 +164,20 @@ async def main() -> dict[str, float]:
 
 
 def report(out: dict[str, float]) -> None:
-    print("AuthZ plugin, realistic create + list payloads, "
-          f"{REQUESTS} requests x 3 rounds, concurrency {CONCURRENCY}:")
+    print(
+        "AuthZ plugin, realistic create + list payloads, "
+        f"{REQUESTS} requests x 3 rounds, concurrency {CONCURRENCY}:"
+    )
     for name in ("allow_all", "ds01"):
-        print(f"  {name:10s} {out[name + '_rps']:8.0f} req/s   p50 {out[name + '_p50_ms']:.3f} ms"
-              f"   p99 {out[name + '_p99_ms']:.3f} ms")
-    print(f"  ds01 / allow-all: latency p50 x{out['latency_p50_ratio']:.2f}, "
-          f"p99 x{out['latency_p99_ratio']:.2f}, throughput x{out['throughput_ratio']:.2f} "
-          "(goal: latency <= 1.2x, throughput >= 1/1.2)")
+        print(
+            f"  {name:10s} {out[name + '_rps']:8.0f} req/s   p50 {out[name + '_p50_ms']:.3f} ms"
+            f"   p99 {out[name + '_p99_ms']:.3f} ms"
+        )
+    print(
+        f"  ds01 / allow-all: latency p50 x{out['latency_p50_ratio']:.2f}, "
+        f"p99 x{out['latency_p99_ratio']:.2f}, throughput x{out['throughput_ratio']:.2f} "
+        "(goal: latency <= 1.2x, throughput >= 1/1.2)"
+    )
 
 
 if __name__ == "__main__":

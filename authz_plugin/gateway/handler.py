@@ -53,7 +53,9 @@ class GatewayHandler:
 
     def body_limit(self, peer: PeerCred, head: RequestHead) -> int | None:
         route = route_of(Request(head.method, head.target))
-        if route is not None and (route.endpoint in BODY_SHAPES or route.endpoint in OPTIONAL_BODY_SHAPES):
+        if route is not None and (
+            route.endpoint in BODY_SHAPES or route.endpoint in OPTIONAL_BODY_SHAPES
+        ):
             return MAX_JSON_BODY
         return None
 
@@ -68,18 +70,27 @@ class GatewayHandler:
             return identity_for_uid(int(labels[LABEL_UID]))
         except (KeyError, ValueError):
             owner = labels.get(LABEL_USER)
-            return Identity(uid=None, user=f"container:{container[:12]}" if not owner else owner)
+            return Identity(uid=None, user=owner or f"container:{container[:12]}")
 
-    async def decide(self, peer: PeerCred, head: RequestHead, body: bytes | None) -> Forward | Reply:
+    async def decide(
+        self, peer: PeerCred, head: RequestHead, body: bytes | None
+    ) -> Forward | Reply:
         try:
             return await self._decide(peer, head, body)
         except DockerError as exc:
-            return json_reply(502, f"ds01: the Docker daemon answered an internal lookup with an error ({exc.message})")
-        except Exception:  # noqa: BLE001 - fail closed, keep serving everyone else
+            return json_reply(
+                502,
+                f"ds01: the Docker daemon answered an internal lookup with an error ({exc.message})",
+            )
+        except Exception:
             log.exception("gateway decision failed")
-            return json_reply(403, "ds01: internal error while deciding; denied (see the ds01d log)")
+            return json_reply(
+                403, "ds01: internal error while deciding; denied (see the ds01d log)"
+            )
 
-    async def _decide(self, peer: PeerCred, head: RequestHead, body: bytes | None) -> Forward | Reply:
+    async def _decide(
+        self, peer: PeerCred, head: RequestHead, body: bytes | None
+    ) -> Forward | Reply:
         identity = await self.identify(peer)
         if head.target.startswith(API_PREFIX):
             status, data = await self.api.handle(identity, head.method, head.target)
@@ -125,7 +136,10 @@ class GatewayHandler:
 
     async def _prepare_create(
         self, route: Route, identity: Identity, limits: Limits, decision: Decision
-    ) -> Reply | tuple[bytes, Callable[[int, bytes], Awaitable[None]], Callable[[bool], Awaitable[None]]]:
+    ) -> (
+        Reply
+        | tuple[bytes, Callable[[int, bytes], Awaitable[None]], Callable[[bool], Awaitable[None]]]
+    ):
         body: dict[str, Any] = decision.body or {}
         service = self.service
         if service.cgroups is not None and not limits.is_admin:
@@ -136,8 +150,12 @@ class GatewayHandler:
         reservation = None
         if decision.gpu_request is not None:
             if service.gpus is None:
-                return json_reply(409, "ds01: this server has no GPUs to give. To fix: run without --gpus")
-            outcome = await service.gpus.reserve(identity, limits, decision.gpu_request, body, service.clock())
+                return json_reply(
+                    409, "ds01: this server has no GPUs to give. To fix: run without --gpus"
+                )
+            outcome = await service.gpus.reserve(
+                identity, limits, decision.gpu_request, body, service.clock()
+            )
             if isinstance(outcome, Decision):
                 return deny_reply(outcome)
             reservation = outcome
@@ -151,8 +169,15 @@ class GatewayHandler:
             container_id = _created_id(status, data)
             if container_id is None:
                 return
-            service.recorder.event("created", user=identity.user, uid=identity.uid, container=container_id,
-                                   result="allow", changes=list(decision.changes), devices=devices)
+            service.recorder.event(
+                "created",
+                user=identity.user,
+                uid=identity.uid,
+                container=container_id,
+                result="allow",
+                changes=list(decision.changes),
+                devices=devices,
+            )
             if reservation is not None:
                 service.gpus.bind(reservation, container_id)
                 bound = True
@@ -168,7 +193,9 @@ class GatewayHandler:
         for name in create_rules.referenced_volumes(body):
             if await self.service.docker.inspect_volume(name) is None:
                 await self.service.docker.request(
-                    "POST", "/volumes/create", body={"Name": name, "Labels": {LABEL_USER: identity.user}}
+                    "POST",
+                    "/volumes/create",
+                    body={"Name": name, "Labels": {LABEL_USER: identity.user}},
                 )
 
 

@@ -16,7 +16,9 @@ ALICE, BOB, RITA, DANA = "e2e-alice", "e2e-bob", "e2e-rita", "e2e-dana"
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"rc={result.returncode}\nstdout={result.stdout}\nstderr={result.stderr}"
+    assert result.returncode == 0, (
+        f"rc={result.returncode}\nstdout={result.stdout}\nstderr={result.stderr}"
+    )
     return result.stdout
 
 
@@ -31,7 +33,10 @@ def inspect(stack, name: str) -> dict:
 
 def test_run_is_governed_transparently(clean):
     """`docker run` works unchanged and the container carries its owner, cgroup and limits."""
-    assert ok(clean.docker("run", "--name", "a1", IMAGE, "echo", "hello", user=ALICE)).strip() == "hello"
+    assert (
+        ok(clean.docker("run", "--name", "a1", IMAGE, "echo", "hello", user=ALICE)).strip()
+        == "hello"
+    )
     info = inspect(clean, "a1")
     labels = info["Config"]["Labels"]
     assert labels["ds01.user"] == ALICE and labels["ds01.group"] == "students"
@@ -52,28 +57,42 @@ def clean_uid(user: str) -> int:
 def test_denial_reads_like_a_docker_error(clean):
     """A refused flag comes back as Docker's own error line with the reason and the fix."""
     result = clean.docker("run", "--rm", "--privileged", IMAGE, "true", user=ALICE)
-    refused(result, "docker: Error response from daemon: ds01: --privileged is not allowed for "
-                    "group students. To fix: run without --privileged")
+    refused(
+        result,
+        "docker: Error response from daemon: ds01: --privileged is not allowed for "
+        "group students. To fix: run without --privileged",
+    )
 
 
 def test_stdin_piped_and_closed(clean):
     """`docker run -i` relays stdin and its end (the hijacked half-close path)."""
-    out = ok(clean.docker("run", "-i", "--rm", IMAGE, "cat", user=ALICE, input="through the gateway\n"))
+    out = ok(
+        clean.docker("run", "-i", "--rm", IMAGE, "cat", user=ALICE, input="through the gateway\n")
+    )
     assert out == "through the gateway\n"
 
 
 def test_run_it_with_a_pseudo_terminal(clean):
     """`docker run -it` under a real pty (script(1)) echoes what is typed and exits."""
     cmd = f"DOCKER_HOST={clean.gateway} docker run -it --rm {IMAGE} sh -c 'read x; echo got-$x'"
-    result = subprocess.run(["runuser", "-u", ALICE, "--", "script", "-qec", cmd, "/dev/null"],
-                            input="hello\n", capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["runuser", "-u", ALICE, "--", "script", "-qec", cmd, "/dev/null"],
+        input="hello\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "got-hello" in result.stdout, result.stdout + result.stderr
 
 
 def test_exec_with_stdin_closed_mid_way(clean):
     """`docker exec -i` sees EOF when the client closes stdin, and its output arrives."""
     ok(clean.docker("run", "-d", "--name", "ex", IMAGE, "sleep", "300", user=ALICE))
-    out = ok(clean.docker("exec", "-i", "ex", "sh", "-c", "cat; echo done", user=ALICE, input="line1\nline2\n"))
+    out = ok(
+        clean.docker(
+            "exec", "-i", "ex", "sh", "-c", "cat; echo done", user=ALICE, input="line1\nline2\n"
+        )
+    )
     assert out == "line1\nline2\ndone\n"
 
 
@@ -81,18 +100,38 @@ def test_exec_it_with_a_pseudo_terminal(clean):
     """`docker exec -it` works through the gateway under a pty."""
     ok(clean.docker("run", "-d", "--name", "exit", IMAGE, "sleep", "300", user=ALICE))
     cmd = f"DOCKER_HOST={clean.gateway} docker exec -it exit sh -c 'read x; echo exec-$x'"
-    result = subprocess.run(["runuser", "-u", ALICE, "--", "script", "-qec", cmd, "/dev/null"],
-                            input="hi\n", capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["runuser", "-u", ALICE, "--", "script", "-qec", cmd, "/dev/null"],
+        input="hi\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "exec-hi" in result.stdout, result.stdout + result.stderr
 
 
 def test_attach_and_logs_follow(clean):
     """`docker attach` and `docker logs -f` stream through the gateway until the container ends."""
-    ok(clean.docker("run", "-d", "--name", "lg", IMAGE, "sh", "-c", "for i in 1 2 3; do echo $i; sleep 1; done",
-                    user=ALICE))
+    ok(
+        clean.docker(
+            "run",
+            "-d",
+            "--name",
+            "lg",
+            IMAGE,
+            "sh",
+            "-c",
+            "for i in 1 2 3; do echo $i; sleep 1; done",
+            user=ALICE,
+        )
+    )
     logs = ok(clean.docker("logs", "-f", "lg", user=ALICE))
     assert logs.split() == ["1", "2", "3"]
-    ok(clean.docker("run", "-d", "--name", "at", IMAGE, "sh", "-c", "sleep 1; echo attached", user=ALICE))
+    ok(
+        clean.docker(
+            "run", "-d", "--name", "at", IMAGE, "sh", "-c", "sleep 1; echo attached", user=ALICE
+        )
+    )
     assert "attached" in ok(clean.docker("attach", "at", user=ALICE))
 
 
@@ -115,21 +154,56 @@ def test_build_with_a_context(clean):
     """`docker build` streams its context through the gateway (classic builder)."""
     ctx = f"/home/{ALICE}/ctx"
     subprocess.run(["runuser", "-u", ALICE, "--", "mkdir", "-p", ctx], check=True)
-    subprocess.run(["runuser", "-u", ALICE, "--", "sh", "-c",
-                    f"printf 'FROM {IMAGE}\\nCOPY data.txt /data.txt\\nRUN cat /data.txt\\n' > {ctx}/Dockerfile;"
-                    f" head -c 2000000 /dev/urandom > {ctx}/data.txt"], check=True)
+    subprocess.run(
+        [
+            "runuser",
+            "-u",
+            ALICE,
+            "--",
+            "sh",
+            "-c",
+            f"printf 'FROM {IMAGE}\\nCOPY data.txt /data.txt\\nRUN cat /data.txt\\n' > {ctx}/Dockerfile;"
+            f" head -c 2000000 /dev/urandom > {ctx}/data.txt",
+        ],
+        check=True,
+    )
     result = subprocess.run(
-        ["runuser", "-u", ALICE, "--", "env", f"DOCKER_HOST={clean.gateway}", "DOCKER_BUILDKIT=0",
-         "docker", "build", "-q", "-t", "e2e-built:1", ctx], capture_output=True, text=True, timeout=120)
+        [
+            "runuser",
+            "-u",
+            ALICE,
+            "--",
+            "env",
+            f"DOCKER_HOST={clean.gateway}",
+            "DOCKER_BUILDKIT=0",
+            "docker",
+            "build",
+            "-q",
+            "-t",
+            "e2e-built:1",
+            ctx,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
-    assert ok(clean.docker("run", "--rm", "e2e-built:1", "wc", "-c", "/data.txt", user=ALICE)).split()[0] == "2000000"
+    assert (
+        ok(clean.docker("run", "--rm", "e2e-built:1", "wc", "-c", "/data.txt", user=ALICE)).split()[
+            0
+        ]
+        == "2000000"
+    )
 
 
 def test_ps_shows_only_your_own_containers(clean):
     """Two users see only their own containers; an admin sees both."""
     ok(clean.docker("run", "-d", "--name", "mine-a", IMAGE, "sleep", "300", user=ALICE))
     ok(clean.docker("run", "-d", "--name", "mine-b", IMAGE, "sleep", "300", user=BOB))
-    names = lambda user: set(ok(clean.docker("ps", "-a", "--format", "{{.Names}}", user=user)).split())  # noqa: E731
+
+    def names(user: str) -> set[str]:
+        return set(ok(clean.docker("ps", "-a", "--format", "{{.Names}}", user=user)).split())
+
     assert names(ALICE) == {"mine-a"}
     assert names(BOB) == {"mine-b"}
     assert {"mine-a", "mine-b"} <= names(DANA)
@@ -138,8 +212,14 @@ def test_ps_shows_only_your_own_containers(clean):
 def test_someone_elses_container_does_not_exist(clean):
     """Every action on another user's container answers like a missing one."""
     ok(clean.docker("run", "-d", "--name", "victim", IMAGE, "sleep", "300", user=ALICE))
-    for args in (("stop", "victim"), ("rm", "-f", "victim"), ("exec", "victim", "true"),
-                 ("logs", "victim"), ("inspect", "victim"), ("kill", "victim")):
+    for args in (
+        ("stop", "victim"),
+        ("rm", "-f", "victim"),
+        ("exec", "victim", "true"),
+        ("logs", "victim"),
+        ("inspect", "victim"),
+        ("kill", "victim"),
+    ):
         refused(clean.docker(*args, user=BOB), "No such")
     assert inspect(clean, "victim")["State"]["Running"]
 
@@ -148,7 +228,9 @@ def test_admin_acts_on_anyone_and_is_audited(clean):
     """An admin may stop another user's container, and the audit log records it."""
     ok(clean.docker("run", "-d", "--name", "adm", IMAGE, "sleep", "300", user=ALICE))
     ok(clean.docker("stop", "-t", "0", "adm", user=DANA))
-    events = [e for e in clean.audit_events() if e.get("event") == "admin" and e.get("user") == DANA]
+    events = [
+        e for e in clean.audit_events() if e.get("event") == "admin" and e.get("user") == DANA
+    ]
     assert any("/stop" in (e.get("endpoint") or "") for e in events), events
 
 
@@ -157,7 +239,10 @@ def test_other_users_volume_is_invisible(clean):
     ok(clean.docker("run", "--rm", "-v", "e2e-vol-a:/data", IMAGE, "true", user=ALICE))
     assert "e2e-vol-a" in ok(clean.docker("volume", "ls", "-q", user=ALICE))
     assert "e2e-vol-a" not in ok(clean.docker("volume", "ls", "-q", user=BOB))
-    refused(clean.docker("run", "--rm", "-v", "e2e-vol-a:/data", IMAGE, "true", user=BOB), "No such volume")
+    refused(
+        clean.docker("run", "--rm", "-v", "e2e-vol-a:/data", IMAGE, "true", user=BOB),
+        "No such volume",
+    )
     refused(clean.docker("volume", "rm", "e2e-vol-a", user=BOB), "No such volume")
     ok(clean.docker("volume", "rm", "e2e-vol-a", user=ALICE))
 
@@ -184,11 +269,30 @@ def test_a_process_inside_a_container_is_its_owner(clean, users):
     ok(clean.docker("run", "-d", "--name", "bobs", IMAGE, "sleep", "300", user=BOB))
     ok(clean.docker("run", "-d", "--name", "alices", IMAGE, "sleep", "300", user=ALICE))
     uid = str(clean_uid(ALICE))
-    docker_cli = subprocess.run(["sh", "-c", "command -v docker"], capture_output=True, text=True).stdout.strip()
+    docker_cli = subprocess.run(
+        ["sh", "-c", "command -v docker"], capture_output=True, text=True
+    ).stdout.strip()
     # Only root can mount the gateway socket into a container: it does so directly, for alice.
-    ok(clean.docker("run", "-d", "--name", "inner", "--label", f"ds01.user={ALICE}", "--label", f"ds01.uid={uid}",
-                    "-v", f"{clean.gateway_socket}:/var/run/docker.sock", "-v", f"{docker_cli}:/usr/bin/docker:ro",
-                    IMAGE, "sleep", "300", direct=True))
+    ok(
+        clean.docker(
+            "run",
+            "-d",
+            "--name",
+            "inner",
+            "--label",
+            f"ds01.user={ALICE}",
+            "--label",
+            f"ds01.uid={uid}",
+            "-v",
+            f"{clean.gateway_socket}:/var/run/docker.sock",
+            "-v",
+            f"{docker_cli}:/usr/bin/docker:ro",
+            IMAGE,
+            "sleep",
+            "300",
+            direct=True,
+        )
+    )
     out = ok(clean.docker("exec", "inner", "docker", "ps", "--format", "{{.Names}}", direct=True))
     assert "alices" in out.split() and "bobs" not in out.split(), out
 
@@ -200,9 +304,11 @@ def test_client_headers_cannot_claim_an_identity(clean):
         "class C(http.client.HTTPConnection):\n"
         "    def connect(self):\n"
         "        self.sock=socket.socket(socket.AF_UNIX); self.sock.connect(%r)\n"
-        "c=C('x'); c.request('GET','/v1.41/containers/json?all=1',headers={'X-Ds01-Token':'forged','X-Ds01-User':'root'})\n"
+        "c=C('x')\n"
+        "c.request('GET','/v1.41/containers/json?all=1',\n"
+        "          headers={'X-Ds01-Token':'forged','X-Ds01-User':'root'})\n"
         "r=c.getresponse(); print(r.status, len(json.loads(r.read())))\n"
-    ) % str(clean.gateway_socket)
+    ).replace("%r", repr(str(clean.gateway_socket)))
     ok(clean.docker("run", "-d", "--name", "hidden", IMAGE, "sleep", "300", user=BOB))
     result = clean.python(script, user=ALICE)
     assert result.stdout.split() == ["200", "0"], result.stdout + result.stderr

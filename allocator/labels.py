@@ -1,0 +1,101 @@
+"""The ``ds01.*`` container label schema: the one place its names and value formats live.
+
+Docker is the source of truth: these labels on a container are what the ledger is rebuilt from.
+"""
+
+from __future__ import annotations
+
+import calendar
+import math
+import time
+from collections.abc import Iterable, Mapping
+
+LABEL_USER = "ds01.user"
+LABEL_UID = "ds01.uid"
+LABEL_GROUP = "ds01.group"
+LABEL_DEVICES = "ds01.devices"  # comma-separated GPU-/MIG- UUIDs, in the order granted
+LABEL_GPUEQ = "ds01.gpueq"  # GPU-equivalents of those devices, informative (recomputed)
+LABEL_ALLOCATED_AT = "ds01.allocated_at"  # ISO 8601 UTC, when the devices were granted
+LABEL_WAIT = "ds01.wait"  # set by the user: how long a create may wait for a GPU (``10m``)
+
+LABEL_PREFIX = "ds01."
+# Every other ``ds01.*`` label is written by DS01 only; the gateway drops user-set copies.
+USER_SETTABLE_LABELS = frozenset({LABEL_WAIT})
+
+
+def format_devices(uuids: Iterable[str]) -> str:
+    """The ``ds01.devices`` value for ``uuids``."""
+    return ",".join(uuids)
+
+
+def parse_devices(value: str | None) -> tuple[str, ...]:
+    """The UUIDs in a ``ds01.devices`` value; empty for a missing or blank label."""
+    if not value:
+        return ()
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def format_gpueq(value: float) -> str:
+    """A GPU-equivalent amount for labels and messages: ``0.43``, ``1``, ``2.5``."""
+    text = f"{value:.4f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def parse_gpueq(value: str | None) -> float | None:
+    """The number in a ``ds01.gpueq`` value, or None when it is missing or not a number."""
+    try:
+        number = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return number if number is not None and math.isfinite(number) and number >= 0 else None
+
+
+def format_time(epoch: float) -> str:
+    """``epoch`` seconds as ISO 8601 UTC with a ``Z``, readable in ``docker inspect``."""
+    whole = int(epoch)
+    fraction = f"{epoch - whole:.3f}"[1:]  # ".123": milliseconds keep ordering exact enough
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + fraction + "Z"
+
+
+def parse_time(value: str | None) -> float | None:
+    """Epoch seconds from a ``format_time`` value (or plain seconds); None if unreadable."""
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    text = value.strip()
+    if not text.endswith("Z"):
+        return None
+    main, _, fraction = text[:-1].partition(".")
+    try:
+        whole = time.strptime(main, "%Y-%m-%dT%H:%M:%S")
+        extra = float("0." + fraction) if fraction else 0.0
+    except ValueError:
+        return None
+    return float(calendar.timegm(whole)) + extra  # timegm: UTC, never the local timezone
+
+
+def allocation_labels(
+    *, user: str, uid: int | None, group: str, devices: Iterable[str], gpueq: float, at: float
+) -> dict[str, str]:
+    """The labels the gateway puts on a container it created with these devices."""
+    labels = {
+        LABEL_USER: user,
+        LABEL_GROUP: group,
+        LABEL_DEVICES: format_devices(devices),
+        LABEL_GPUEQ: format_gpueq(gpueq),
+        LABEL_ALLOCATED_AT: format_time(at),
+    }
+    if uid is not None:
+        labels[LABEL_UID] = str(uid)
+    return labels
+
+
+def parse_uid(labels: Mapping[str, str]) -> int | None:
+    """The ``ds01.uid`` label as an integer, or None."""
+    try:
+        return int(labels[LABEL_UID])
+    except (KeyError, ValueError):
+        return None

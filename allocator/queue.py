@@ -1,0 +1,151 @@
+"""Creates waiting for a GPU: served by priority, then by how long they have waited.
+
+Pure: the daemon keeps a future per ticket and resolves it with what ``next_eligible`` says.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from policy.units import UnitError, parse_duration
+
+from .plan import eligible
+from .quota import Quota
+from .refusal import Refusal
+from .request import GpuRequest
+
+if TYPE_CHECKING:
+    from policy.limits import Limits
+
+    from .ledger import Ledger, Reservation
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """One create waiting for devices."""
+
+    id: str
+    user: str
+    uid: int | None
+    group: str
+    priority: int
+    request: GpuRequest
+    limits: Limits
+    enqueued_at: float
+    deadline: float | None = None  # give up at this time; None = wait until removed
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """What ``next_eligible`` decided: tickets served, and tickets that can no longer be."""
+
+    granted: tuple[tuple[Ticket, Reservation], ...] = ()
+    refused: tuple[tuple[Ticket, Refusal], ...] = ()
+
+
+class WaitQueue:
+    """Waiting tickets; the order is priority (high first), then enqueue time, then arrival.
+
+    While tickets wait, a new create must not overtake them: the daemon enqueues it too and
+    calls ``next_eligible``, which serves it at once if its turn and the devices allow.
+    """
+
+    def __init__(self) -> None:
+        self._tickets: dict[str, tuple[tuple[int, float, int], Ticket]] = {}
+        self._arrival = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._tickets)
+
+    def enqueue(self, ticket: Ticket) -> int:
+        """Add ``ticket``; returns its 1-based position."""
+        if ticket.id in self._tickets:
+            raise ValueError(f"ticket {ticket.id} is already queued")
+        key = (-ticket.priority, ticket.enqueued_at, next(self._arrival))
+        self._tickets[ticket.id] = (key, ticket)
+        position = self.position(ticket.id)
+        assert position is not None
+        return position
+
+    def remove(self, ticket_id: str) -> Ticket | None:
+        """Take a ticket out (its client left, or it was served elsewhere)."""
+        entry = self._tickets.pop(ticket_id, None)
+        return entry[1] if entry else None
+
+    def tickets(self) -> tuple[Ticket, ...]:
+        """Every waiting ticket, first served first."""
+        return tuple(t for _, t in sorted(self._tickets.values(), key=lambda e: e[0]))
+
+    def position(self, ticket_id: str) -> int | None:
+        """1-based place in the queue, or None when not queued."""
+        for place, ticket in enumerate(self.tickets(), start=1):
+            if ticket.id == ticket_id:
+                return place
+        return None
+
+    def expire(self, now: float) -> list[Ticket]:
+        """Remove and return the tickets whose deadline has passed."""
+        gone = [t for t in self.tickets() if t.deadline is not None and t.deadline <= now]
+        for ticket in gone:
+            del self._tickets[ticket.id]
+        return gone
+
+    def next_eligible(self, ledger: Ledger, now: float) -> Dispatch:
+        """Give free devices to waiting tickets, in queue order.
+
+        A ticket that still cannot be served keeps the free devices it could use from the
+        tickets behind it, so a big request is not starved by a stream of small ones.
+        Tickets refused for a reason waiting cannot fix (a quota) leave the queue.
+        """
+        granted: list[tuple[Ticket, Reservation]] = []
+        refused: list[tuple[Ticket, Refusal]] = []
+        kept: set[str] = set()
+        for ticket in self.tickets():
+            result = ledger.reserve(
+                ticket.user,
+                ticket.uid,
+                ticket.group,
+                ticket.limits,
+                ticket.request,
+                now,
+                exclude=kept,
+            )
+            if not isinstance(result, Refusal):
+                granted.append((ticket, result))
+                del self._tickets[ticket.id]
+            elif result.waitable:
+                kept |= _keep_for(ticket, ledger, kept)
+            else:
+                refused.append((ticket, result))
+                del self._tickets[ticket.id]
+        return Dispatch(tuple(granted), tuple(refused))
+
+
+def _keep_for(ticket: Ticket, ledger: Ledger, kept: Collection[str]) -> set[str]:
+    quota = Quota.from_limits(ticket.limits)
+    return {
+        d.uuid
+        for d in eligible(ticket.request, quota, ledger.inventory)
+        if ledger.holder_of(d.uuid) is None and d.uuid not in kept
+    }
+
+
+def wait_seconds(label: str | None, policy_wait: float | None) -> float | None:
+    """How long a create may wait: the policy's ``gpu_wait``, shortened by a ``ds01.wait`` label.
+
+    None = without limit. A label cannot wait longer than the policy allows. Raises
+    ``policy.units.UnitError`` for a label that is not a duration (the gateway denies it).
+    """
+    if label is None:
+        return policy_wait
+    text = label.strip()
+    try:
+        asked = float(text)  # plain seconds, e.g. ds01.wait=0 to fail fast
+    except ValueError:
+        asked = parse_duration(text) or 0.0
+    if asked < 0 or asked != asked:
+        raise UnitError(f"{label!r} is not a duration like 15m")
+    return asked if policy_wait is None else min(asked, policy_wait)

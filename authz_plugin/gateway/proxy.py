@@ -1,0 +1,1126 @@
+"""The gateway's data plane: a transparent HTTP/1.1 proxy from a unix socket to dockerd's.
+
+Every request on a client connection is parsed on its own with h11 and put to a Handler,
+which answers it (Reply) or says what to send to dockerd (Forward). Requests reach dockerd
+re-serialised by h11, never as the client's raw bytes. Responses are relayed as they arrive,
+with no total timeout and their body framing untouched; hijacked attach/exec streams become a
+raw two-way pipe that honours half-close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import json
+import logging
+import os
+import re
+import select
+import socket
+import stat
+import tempfile
+import time
+from collections.abc import Awaitable, Coroutine, Iterable
+from typing import Any
+
+import h11
+
+from .peer import peer_credentials
+from .types import Forward, Handler, PeerCred, Reply, RequestHead
+
+# Large reads keep the per-byte Python cost negligible on bulk transfers (cp, save, build).
+READ_SIZE = 256 * 1024
+# StreamReader pauses the socket above twice this; at the default 64 KiB it would pause and
+# resume on nearly every 256 KiB read.
+_STREAM_LIMIT = 1024 * 1024
+_WRITE_HIGH_WATER = 1024 * 1024
+_MAX_RESPONSE_HEAD = 64 * 1024
+_MAX_CHUNK_LINE = 4096
+_MAX_TRAILERS = 64 * 1024
+# Bytes of a pipelined next request we hold while a response is still being relayed.
+_MAX_READ_AHEAD = 64 * 1024
+_HANGUP_POLL_S = 1.0
+_LINGER_S = 2.0
+_LINGER_BYTES = 1024 * 1024
+_CLOSE_WAIT_S = 1.0
+# An upstream connection idle longer than this is not trusted with a body we cannot replay.
+_UPSTREAM_IDLE_S = 30.0
+_HOP_UPGRADE = {"upgrade", "http2-settings"}
+_DOCKER_STREAMS = (
+    b"application/vnd.docker.raw-stream",
+    b"application/vnd.docker.multiplexed-stream",
+)
+
+UNREACHABLE = (
+    "ds01: the Docker daemon is not reachable ({reason}). "
+    "To fix: ask an administrator to check that dockerd is running."
+)
+
+_NO_BODY, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
+
+class _ClientGone(Exception):
+    """The client hung up or broke its side of the exchange."""
+
+
+class _UpstreamGone(Exception):
+    """dockerd closed or broke the connection; ``received`` says whether it sent anything."""
+
+    def __init__(self, message: str, *, received: bool = True) -> None:
+        super().__init__(message)
+        self.received = received
+
+
+class _BadChunking(Exception):
+    """dockerd's chunked framing could not be followed."""
+
+
+class Gateway:
+    """Serves the Docker API on a unix socket and forwards what the handler approves."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        upstream_socket_path: str,
+        *,
+        max_header_bytes: int = 64 * 1024,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.handler = handler
+        self.upstream = upstream_socket_path
+        self.max_header_bytes = max_header_bytes
+        self.log = logger or logging.getLogger("ds01.gateway.proxy")
+        self._server: asyncio.AbstractServer | None = None
+        self._path: str | None = None
+        self._inode: tuple[int, int] | None = None
+        self._conns: set[_Connection] = set()
+        self._callbacks: set[asyncio.Task[None]] = set()
+
+    @property
+    def connections(self) -> int:
+        """How many client connections are being served right now."""
+        return len(self._conns)
+
+    async def start(self, socket_path: str, mode: int = 0o666) -> None:
+        """Listen on ``socket_path``; the socket is never reachable with looser rights than mode."""
+        path = os.path.abspath(socket_path)
+        _remove_stale_socket(path)
+        # Bind inside a fresh 0700 directory, set the mode, then rename into place: the socket
+        # appears at its public path already carrying its final permissions. A process-wide
+        # umask change would race with other threads creating files.
+        private = tempfile.mkdtemp(prefix=".ds01-", dir=os.path.dirname(path))
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            bound = os.path.join(private, "s")
+            sock.bind(bound)
+            os.chmod(bound, mode)
+            sock.listen(256)
+            os.rename(bound, path)
+        except BaseException:
+            sock.close()
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(private, "s"))
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                os.rmdir(private)
+        st = os.stat(path)
+        self._path, self._inode = path, (st.st_dev, st.st_ino)
+        self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=_STREAM_LIMIT)
+        self.log.debug("gateway listening on %s, forwarding to %s", path, self.upstream)
+
+    async def stop(self) -> None:
+        """Stop listening, end every connection (and its dockerd side), remove the socket."""
+        if self._server is not None:
+            self._server.close()
+        conns = list(self._conns)
+        for conn in conns:
+            conn.abort("the gateway is stopping")
+        tasks = [c.task for c in conns if c.task is not None]
+        if tasks:
+            await asyncio.wait(tasks)
+        if self._callbacks:
+            await asyncio.wait(list(self._callbacks))
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+        if self._path is not None:
+            # Only our own socket: someone may have started a new gateway on the path since.
+            with contextlib.suppress(OSError):
+                st = os.stat(self._path)
+                if (st.st_dev, st.st_ino) == self._inode:
+                    os.unlink(self._path)
+            self._path = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = _Connection(self, reader, writer)
+        self._conns.add(conn)
+        try:
+            await conn.serve()
+        finally:
+            self._conns.discard(conn)
+
+    async def run_callback(self, what: str, call: Awaitable[None]) -> None:
+        """Run a handler callback to completion even if the connection is torn down meanwhile."""
+        task = asyncio.ensure_future(call)
+        self._callbacks.add(task)
+        task.add_done_callback(self._callbacks.discard)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a buggy callback must not take the connection down
+            self.log.exception("gateway: %s callback failed", what)
+
+
+def _remove_stale_socket(path: str) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        # Never delete a file someone put there: the path is probably misconfigured.
+        raise FileExistsError(f"{path} exists and is not a socket")
+    os.unlink(path)
+
+
+class _Upstream:
+    """One connection to dockerd, owned by one client connection."""
+
+    __slots__ = ("idle_since", "reader", "reused", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.reused = False
+        self.idle_since = time.monotonic()
+
+    def usable(self) -> bool:
+        return not self.writer.is_closing() and not self.reader.at_eof()
+
+    def abort(self) -> None:
+        self.writer.transport.abort()
+
+
+class _Connection:
+    """One client connection: requests in order, one dockerd connection behind it."""
+
+    def __init__(
+        self, gateway: Gateway, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.gw = gateway
+        self.log = gateway.log
+        self.reader, self.writer = reader, writer
+        self.sock = writer.get_extra_info("socket")
+        self.task = asyncio.current_task()
+        self.peer = PeerCred(pid=0, uid=-1, gid=-1)
+        self.up: _Upstream | None = None
+        # Client bytes read but not parsed yet (a pipelined request, the start of a raw stream).
+        self.ahead = bytearray()
+        self.client_eof = False
+        # A read of the client left pending by the watcher; whoever reads next takes it over,
+        # so cancelling the watcher never loses bytes.
+        self.client_read: asyncio.Future[bytes] | None = None
+        self.watcher: asyncio.Task[None] | None = None
+        self.children: set[asyncio.Task[Any]] = set()
+        self.aborted: str | None = None
+        self.linger = False
+        writer.transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        try:
+            self.peer = peer_credentials(self.sock)
+            while await self._serve_one():
+                pass
+        except asyncio.CancelledError:
+            if self.aborted is None:
+                raise
+            # Our own abort: the cancellation is spent, so the teardown below may await.
+            if self.task is not None:
+                self.task.uncancel()
+            self.log.debug("gateway: connection from pid %d ended: %s", self.peer.pid, self.aborted)
+        except _ClientGone as exc:
+            self.log.debug("gateway: client pid %d went away: %s", self.peer.pid, exc)
+        except Exception:  # one bad connection must never stop the server
+            self.log.exception("gateway: connection from pid %d failed", self.peer.pid)
+        finally:
+            await self._teardown()
+
+    def abort(self, reason: str) -> None:
+        """End this connection now, from any task; the first reason wins."""
+        if self.aborted is not None or self.task is None:
+            return
+        self.aborted = reason
+        self.task.cancel()
+
+    async def _teardown(self) -> None:
+        if self.aborted is None:
+            self.aborted = "closed"
+        await self._stop_children()
+        if self.client_read is not None:
+            self.client_read.cancel()
+            await asyncio.wait((self.client_read,))
+        self._drop_upstream()
+        transport = self.writer.transport
+        if self.linger and not transport.is_closing():
+            await self._lingering_close()
+        if transport.is_closing():
+            transport.abort()
+        else:
+            self.writer.close()
+        try:
+            await asyncio.wait_for(self.writer.wait_closed(), _CLOSE_WAIT_S)
+        except (TimeoutError, OSError):
+            # A client that never reads its last response must not pin the fd.
+            transport.abort()
+
+    async def _lingering_close(self) -> None:
+        """Half-close, then read what the client still sends, so it sees our error, not a reset."""
+        with contextlib.suppress(OSError, RuntimeError):
+            if self.writer.can_write_eof():
+                self.writer.write_eof()
+        deadline = time.monotonic() + _LINGER_S
+        drained = 0
+        with contextlib.suppress(OSError, TimeoutError):
+            while drained < _LINGER_BYTES and not self.client_eof:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                data = await asyncio.wait_for(self.reader.read(READ_SIZE), left)
+                if not data:
+                    break
+                drained += len(data)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self.children.add(task)
+        task.add_done_callback(self.children.discard)
+        return task
+
+    async def _stop_children(self) -> None:
+        tasks = list(self.children)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        self.watcher = None
+
+    # -- client I/O ------------------------------------------------------------------------
+
+    async def _recv(self) -> bytes:
+        """The next bytes from the client; b"" once it has shut down its write side."""
+        if self.ahead:
+            data = bytes(self.ahead)
+            self.ahead.clear()
+            return data
+        if self.client_eof:
+            return b""
+        try:
+            if self.client_read is not None:
+                pending, self.client_read = self.client_read, None
+                data = await pending
+            else:
+                data = await self.reader.read(READ_SIZE)
+        except OSError as exc:
+            raise _ClientGone(f"read failed: {exc}") from exc
+        if not data:
+            self.client_eof = True
+        return data
+
+    async def _drain_client(self) -> None:
+        try:
+            await self.writer.drain()
+        except OSError as exc:
+            raise _ClientGone(f"write failed: {exc}") from exc
+
+    def _hung_up(self) -> bool:
+        """True once the client closed its socket, not just shut down its write side.
+
+        On Linux a unix socket reports POLLHUP only when the peer is gone entirely, while
+        shutdown(SHUT_WR) (docker's CloseWrite when stdin ends) shows as POLLRDHUP alone.
+        """
+        try:
+            poller = select.poll()
+            poller.register(self.sock.fileno(), select.POLLOUT)
+            events = poller.poll(0)
+        except (OSError, ValueError):
+            return True
+        return any(ev & (select.POLLHUP | select.POLLERR) for _, ev in events)
+
+    async def _await_hangup(self) -> None:
+        while not self._hung_up():
+            await asyncio.sleep(_HANGUP_POLL_S)
+
+    def _watch(self) -> None:
+        if self.watcher is None or self.watcher.done():
+            self.watcher = self._spawn(self._watch_client())
+
+    async def _unwatch(self) -> None:
+        watcher, self.watcher = self.watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            await asyncio.wait((watcher,))
+
+    async def _watch_client(self) -> None:
+        """While dockerd answers (logs -f, events, pull), notice a client that hangs up."""
+        while not self.client_eof and len(self.ahead) < _MAX_READ_AHEAD:
+            if self.client_read is None:
+                self.client_read = asyncio.ensure_future(self.reader.read(READ_SIZE))
+            # wait() rather than await: cancelling the watcher must leave the read pending.
+            await asyncio.wait((self.client_read,))
+            done, self.client_read = self.client_read, None
+            try:
+                data = done.result()
+            except (OSError, asyncio.CancelledError):
+                self.abort("client connection failed")
+                return
+            if data:
+                self.ahead += data
+            else:
+                self.client_eof = True
+        if self.client_eof:
+            # A half-closed client may still want the answer; a closed one does not.
+            await self._await_hangup()
+            self.abort("client hung up while dockerd was answering")
+
+    def _write_head(
+        self, status: int, reason: bytes, headers: Iterable[tuple[bytes, bytes]]
+    ) -> None:
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        for name, value in headers:
+            parts += (name, b": ", value, b"\r\n")
+        parts.append(b"\r\n")
+        self.writer.write(b"".join(parts))
+
+    async def _reply(self, reply: Reply, *, head_only: bool, close: bool) -> None:
+        headers = [
+            (b"Content-Type", reply.content_type.encode("latin-1")),
+            (b"Content-Length", b"%d" % len(reply.body)),
+        ]
+        for name, value in reply.headers:
+            if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                headers.append((name.encode("latin-1"), value.encode("latin-1")))
+        if close:
+            headers.append((b"Connection", b"close"))
+        try:
+            reason = http.HTTPStatus(reply.status).phrase.encode()
+        except ValueError:
+            reason = b""
+        self._write_head(reply.status, reason, headers)
+        if not head_only and reply.body:
+            self.writer.write(reply.body)
+        await self._drain_client()
+
+    async def _fail(self, status: int, message: str, *, head_only: bool = False) -> None:
+        """Answer with a Docker-style JSON error and close the connection after it."""
+        self.linger = True
+        body = json.dumps({"message": message}).encode()
+        with contextlib.suppress(_ClientGone):
+            await self._reply(Reply(status, body), head_only=head_only, close=True)
+
+    # -- one request -----------------------------------------------------------------------
+
+    async def _serve_one(self) -> bool:
+        """Parse, decide and answer one request; True when the connection stays open."""
+        parser = h11.Connection(h11.SERVER, max_incomplete_event_size=self.gw.max_header_bytes)
+        request = await self._read_head(parser)
+        if request is None:
+            return False
+        if request.http_version not in (b"1.0", b"1.1"):
+            # h11 parses any HTTP/x.y; anything but 1.x (an HTTP/2 preface, say) is not for us.
+            await self._fail(505, "ds01: only HTTP/1.0 and HTTP/1.1 are supported")
+            return False
+        chunked, length, problem = _request_framing(request)
+        if problem is not None:
+            await self._fail(400, f"ds01: malformed HTTP request: {problem}")
+            return False
+        head = RequestHead(
+            method=request.method.decode("ascii"),
+            target=request.target.decode("ascii"),
+            headers=tuple(
+                (k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw_items()
+            ),
+            http_version=request.http_version.decode("ascii"),
+        )
+        head_only = request.method == b"HEAD"
+        close = request.http_version != b"1.1" or _has_token(request.headers, b"close")
+        has_body = chunked or bool(length)
+        try:
+            limit = self.gw.handler.body_limit(self.peer, head)
+        except Exception:  # fail closed
+            self.log.exception("gateway: body_limit failed for %s %s", head.method, head.target)
+            await self._fail(500, "ds01: internal error in the gateway; request not forwarded")
+            return False
+        body: bytes | None = None
+        if not has_body:
+            self._finish_request(parser)
+        elif limit is not None:
+            if length is not None and length > limit:
+                await self._fail(413, _too_large(limit), head_only=head_only)
+                return False
+            body = await self._read_body(parser, limit, head_only)
+            if body is None:
+                return False
+        try:
+            action = await self.gw.handler.decide(self.peer, head, body)
+        except Exception:  # fail closed
+            self.log.exception("gateway: decide failed for %s %s", head.method, head.target)
+            await self._fail(500, "ds01: internal error in the gateway; request not forwarded")
+            return False
+        body_done = not has_body or body is not None
+        if isinstance(action, Reply):
+            # An unread streamed body leaves the connection's framing unknown: close it.
+            keep = body_done and not close
+            await self._reply(action, head_only=head_only, close=not keep)
+            return keep
+        if not isinstance(action, Forward):
+            self.log.error("gateway: handler returned %r", type(action).__name__)
+            await self._fail(500, "ds01: internal error in the gateway; request not forwarded")
+            return False
+        return await _Exchange(self, parser, action, body, chunked, length, close).run()
+
+    async def _read_head(self, parser: h11.Connection) -> h11.Request | None:
+        fed = 0
+        while True:
+            try:
+                event = parser.next_event()
+            except h11.RemoteProtocolError as exc:
+                if fed or not self.client_eof:
+                    status = exc.error_status_hint if exc.error_status_hint in (431, 501) else 400
+                    await self._fail(status, f"ds01: malformed HTTP request: {exc}")
+                return None
+            if event is h11.NEED_DATA:
+                data = await self._recv()
+                parser.receive_data(data)
+                fed += len(data)
+                continue
+            if isinstance(event, h11.Request):
+                break
+            return None  # ConnectionClosed between requests
+        # h11 only limits heads that arrive in pieces; one that came in a single read is
+        # measured here, so the limit does not depend on how the client's bytes were split.
+        head_size = fed - len(parser.trailing_data[0])
+        if head_size > self.gw.max_header_bytes:
+            await self._fail(431, "ds01: request headers too large")
+            return None
+        return event
+
+    def _finish_request(self, parser: h11.Connection) -> None:
+        """Consume the end of a body-less request and keep what follows it."""
+        event = parser.next_event()
+        assert isinstance(event, h11.EndOfMessage), event
+        self._stash(parser)
+
+    def _stash(self, parser: h11.Connection) -> None:
+        rest, closed = parser.trailing_data
+        if rest:
+            self.ahead[:0] = rest
+        if closed:
+            self.client_eof = True
+
+    def _continue(self, parser: h11.Connection) -> None:
+        # We answer Expect: 100-continue ourselves and never forward it: the body goes
+        # through us, and dockerd's own 100 would arrive at the wrong moment.
+        if parser.they_are_waiting_for_100_continue:
+            self.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    async def _read_body(self, parser: h11.Connection, limit: int, head_only: bool) -> bytes | None:
+        """Buffer a body the handler wants to see; None after answering 413 or a bad body."""
+        self._continue(parser)
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            try:
+                event = parser.next_event()
+            except h11.RemoteProtocolError as exc:
+                if not self.client_eof:
+                    await self._fail(400, f"ds01: malformed HTTP request body: {exc}")
+                return None
+            if event is h11.NEED_DATA:
+                parser.receive_data(await self._recv())
+            elif isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > limit:
+                    await self._fail(413, _too_large(limit), head_only=head_only)
+                    return None
+                parts.append(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                self._stash(parser)
+                return b"".join(parts)
+
+    # -- dockerd ---------------------------------------------------------------------------
+
+    async def upstream(self, *, replayable: bool) -> _Upstream:
+        """This connection's dockerd connection, opened now if dockerd closed the last one."""
+        up = self.up
+        fresh_enough = up is not None and time.monotonic() - up.idle_since < _UPSTREAM_IDLE_S
+        if up is not None and up.usable() and (replayable or fresh_enough):
+            up.reused = True
+            return up
+        self._drop_upstream()
+        reader, writer = await asyncio.open_unix_connection(self.gw.upstream, limit=_STREAM_LIMIT)
+        writer.transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
+        self.up = _Upstream(reader, writer)
+        return self.up
+
+    def _drop_upstream(self) -> None:
+        if self.up is not None:
+            self.up.abort()
+            self.up = None
+
+
+class _Exchange:
+    """One forwarded request and its response."""
+
+    def __init__(
+        self,
+        conn: _Connection,
+        parser: h11.Connection,
+        fwd: Forward,
+        buffered: bytes | None,
+        chunked: bool,
+        length: int | None,
+        client_close: bool,
+    ) -> None:
+        self.conn = conn
+        self.parser = parser
+        self.fwd = fwd
+        # Upper-cased only to recognise HEAD; the request goes out with the method as given.
+        self.method = fwd.head.method.upper().encode("ascii", "replace")
+        self.client_10 = parser.their_http_version != b"1.1"
+        self.keep_client = not client_close
+        has_body = chunked or bool(length)
+        unread = has_body and buffered is None
+        self.stream_chunked = False
+        self.stream_length: int | None = None
+        if fwd.body is not None:
+            self.send_body: bytes | None = fwd.body
+            if unread:
+                # The handler replaced a body we never read: the connection cannot be reused.
+                self.keep_client = False
+                conn.linger = True
+        elif buffered is not None:
+            self.send_body = buffered
+        elif has_body:
+            self.send_body = None
+            self.stream_chunked, self.stream_length = chunked, length
+        else:
+            self.send_body = b""
+        self.had_framing = has_body or length is not None
+        self.pump: asyncio.Task[bool] | None = None
+        self.reuse_up = True
+
+    @property
+    def streaming(self) -> bool:
+        return self.send_body is None
+
+    async def run(self) -> bool:
+        """Forward, relay, report; True when the client connection stays open."""
+        ok = False
+        conn = self.conn
+        try:
+            try:
+                request = h11.Request(
+                    method=self.fwd.head.method.encode("ascii"),
+                    target=self.fwd.head.target.encode("ascii"),
+                    headers=self._upstream_headers(),
+                )
+            except (h11.LocalProtocolError, UnicodeError) as exc:
+                conn.log.error("gateway: handler produced an invalid request: %s", exc)
+                await conn._fail(500, "ds01: internal error in the gateway; request not forwarded")
+                return False
+            got = await self._send_and_read_head(request)
+            if got is None:
+                return False
+            up, response, rest = got
+            if response.status_code == 101 or (
+                _framing(self.method, response)[0] == _UNTIL_CLOSE
+                and (self.fwd.hijack or _is_docker_stream(response))
+            ):
+                ok = await self._hijacked(up, response, rest)
+                return False
+            ok = await self._relay(up, response, rest)
+            return ok and self.keep_client
+        except _UpstreamGone as exc:
+            # The head is already on its way to the client: all we can do is close.
+            conn.log.warning(
+                "gateway: dockerd broke off a response to %s: %s", self.fwd.head.method, exc
+            )
+            return False
+        finally:
+            # _stop_children cancels every helper before its first await, so none can abort
+            # this task while the callbacks below run.
+            await conn._stop_children()
+            if not ok or not self.reuse_up:
+                conn._drop_upstream()
+            elif conn.up is not None:
+                conn.up.idle_since = time.monotonic()
+            if self.fwd.on_close is not None:
+                await conn.gw.run_callback("on_close", self.fwd.on_close(ok))
+
+    def _upstream_headers(self) -> list[tuple[bytes, bytes]]:
+        """The handler's headers, with framing set by us and h2c upgrades removed."""
+        hijack = self.fwd.hijack
+        out: list[tuple[bytes, bytes]] = []
+        has_host = False
+        for name, value in self.fwd.head.headers:
+            lname = name.lower()
+            if lname in ("content-length", "transfer-encoding", "expect"):
+                continue
+            if not hijack:
+                # dockerd speaks no h2c; only hijacked routes may ask for a protocol switch.
+                if lname in _HOP_UPGRADE:
+                    continue
+                if lname == "connection":
+                    tokens = [t.strip() for t in value.split(",")]
+                    value = ", ".join(t for t in tokens if t and t.lower() not in _HOP_UPGRADE)
+                    if not value:
+                        continue
+            has_host = has_host or lname == "host"
+            out.append((name.encode("latin-1"), value.encode("latin-1")))
+        if not has_host:
+            out.append((b"Host", b"docker"))
+        if self.send_body is not None:
+            if self.send_body or self.had_framing:
+                out.append((b"Content-Length", b"%d" % len(self.send_body)))
+        elif self.stream_chunked:
+            out.append((b"Transfer-Encoding", b"chunked"))
+        else:
+            out.append((b"Content-Length", b"%d" % (self.stream_length or 0)))
+        return out
+
+    async def _send_and_read_head(
+        self, request: h11.Request
+    ) -> tuple[_Upstream, h11.Response | h11.InformationalResponse, bytes] | None:
+        """Send the request; return the response head, or None after answering 502."""
+        conn = self.conn
+        for attempt in (1, 2):
+            try:
+                up = await conn.upstream(replayable=not self.streaming)
+            except OSError as exc:
+                await self._bad_gateway(UNREACHABLE.format(reason=exc.strerror or exc))
+                return None
+            hc = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_RESPONSE_HEAD)
+            try:
+                up.writer.write(hc.send(request) or b"")
+                if self.send_body:
+                    up.writer.write(self.send_body)
+                if self.streaming:
+                    if self.pump is None:
+                        conn._continue(self.parser)
+                        self.pump = conn._spawn(self._pump(up))
+                else:
+                    conn._watch()
+                await self._drain_up(up)
+                response, rest = await self._read_head(up, hc)
+                return up, response, rest
+            except _UpstreamGone as exc:
+                conn._drop_upstream()
+                if attempt == 1 and up.reused and not exc.received and not self.streaming:
+                    # dockerd closed an idle keep-alive connection just as we reused it.
+                    conn.log.debug("gateway: retrying on a fresh dockerd connection")
+                    continue
+                await self._bad_gateway(f"ds01: the Docker daemon broke off the request ({exc})")
+                return None
+        return None  # pragma: no cover - the loop always returns
+
+    async def _bad_gateway(self, message: str) -> None:
+        await self.conn._stop_children()
+        await self.conn._fail(502, message, head_only=self.method == b"HEAD")
+
+    async def _drain_up(self, up: _Upstream) -> None:
+        try:
+            await up.writer.drain()
+        except OSError as exc:
+            raise _UpstreamGone(f"write failed: {exc}", received=False) from exc
+
+    async def _read_up(self, up: _Upstream) -> bytes:
+        try:
+            return await up.reader.read(READ_SIZE)
+        except OSError as exc:
+            raise _UpstreamGone(f"read failed: {exc}") from exc
+
+    async def _read_head(
+        self, up: _Upstream, hc: h11.Connection
+    ) -> tuple[h11.Response | h11.InformationalResponse, bytes]:
+        received = False
+        while True:
+            try:
+                event = hc.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise _UpstreamGone(f"invalid response: {exc}", received=True) from exc
+            if event is h11.NEED_DATA:
+                data = await self._read_up(up)
+                received = received or bool(data)
+                hc.receive_data(data)
+                continue
+            if isinstance(event, h11.InformationalResponse) and event.status_code != 101:
+                if not self.client_10:  # HTTP/1.0 clients must not see 1xx
+                    self.conn._write_head(
+                        event.status_code, event.reason, event.headers.raw_items()
+                    )
+                continue
+            if isinstance(event, (h11.Response, h11.InformationalResponse)):
+                return event, hc.trailing_data[0]
+            raise _UpstreamGone("closed the connection before answering", received=received)
+
+    async def _pump(self, up: _Upstream) -> bool:
+        """Stream the client's body to dockerd as it arrives; False if dockerd stopped reading.
+
+        The body is decoded by h11 and reframed by us, so dockerd never parses framing the
+        client wrote. Everything h11 decoded from one read goes out as one chunk.
+        """
+        conn, parser, chunked = self.conn, self.parser, self.stream_chunked
+        w = up.writer
+        try:
+            while True:
+                parts: list[bytes] = []
+                done = False
+                while True:
+                    event = parser.next_event()
+                    if event is h11.NEED_DATA:
+                        break
+                    if isinstance(event, h11.Data):
+                        parts.append(event.data)
+                    elif isinstance(event, h11.EndOfMessage):
+                        done = True
+                        break
+                if parts:
+                    if chunked:
+                        size = sum(map(len, parts))
+                        w.write(b"".join((b"%x\r\n" % size, *parts, b"\r\n")))
+                    else:
+                        for part in parts:
+                            w.write(part)
+                if done:
+                    if chunked:
+                        w.write(b"0\r\n\r\n")
+                    await w.drain()
+                    break
+                await w.drain()
+                parser.receive_data(await conn._recv())
+        except (h11.RemoteProtocolError, _ClientGone) as exc:
+            conn.abort(f"client broke off its request body: {exc}")
+            return False
+        except OSError:
+            return False  # dockerd stopped reading; its response (if any) still comes back
+        conn._stash(parser)
+        conn._watch()
+        return True
+
+    async def _relay(
+        self, up: _Upstream, response: h11.Response | h11.InformationalResponse, rest: bytes
+    ) -> bool:
+        """Relay a framed response as it arrives; True once the client has all of it."""
+        conn, fwd = self.conn, self.fwd
+        status = response.status_code
+        framing, length = _framing(self.method, response)
+        dechunk = framing == _CHUNKED and self.client_10
+        if (
+            framing == _UNTIL_CLOSE
+            or dechunk
+            or self.client_10
+            or _has_token(response.headers, b"close")
+        ):
+            self.keep_client = False
+        if framing == _UNTIL_CLOSE or _has_token(response.headers, b"close"):
+            self.reuse_up = False
+        if self.pump is not None and not self.pump.done():
+            # dockerd answers while the body is still coming in: it may never read the rest,
+            # so this connection's framing cannot be trusted for another request.
+            self.keep_client = False
+        headers = response.headers.raw_items()
+        if dechunk:
+            headers = [(k, v) for k, v in headers if k.lower() != b"transfer-encoding"]
+        if not self.keep_client and not _has_token(response.headers, b"close"):
+            headers = [(k, v) for k, v in headers if k.lower() != b"connection"]
+            headers.append((b"Connection", b"close"))
+        cap = fwd.capture_response if fwd.on_response is not None else 0
+        if framing == _NO_BODY or (framing == _LENGTH and 0 < length <= cap):
+            # Small captured bodies are read whole first, so the handler sees dockerd's answer
+            # (e.g. a created container's ID) before the client can act on it.
+            body = await self._read_exact(up, rest, length) if framing == _LENGTH else b""
+            if fwd.on_response is not None:
+                await conn.gw.run_callback("on_response", fwd.on_response(status, body[:cap]))
+            conn._write_head(status, response.reason, headers)
+            if body:
+                conn.writer.write(body)
+        else:
+            conn._write_head(status, response.reason, headers)
+            captured = bytearray() if cap else None
+            if framing == _LENGTH:
+                clean = await self._relay_length(up, rest, length, captured, cap)
+            elif framing == _CHUNKED:
+                clean = await self._relay_chunked(up, rest, captured, cap, dechunk)
+            else:
+                clean = await self._relay_until_close(up, rest, captured, cap)
+            if not clean:
+                self.reuse_up = False  # bytes after the response: do not trust this connection
+            if fwd.on_response is not None:
+                await conn.gw.run_callback(
+                    "on_response", fwd.on_response(status, bytes(captured or b""))
+                )
+        await conn._drain_client()
+        if self.pump is not None and (not self.pump.done() or not self.pump.result()):
+            # dockerd answered before taking the whole body: neither side can be reused,
+            # and the client, perhaps still sending, should read our answer, not a reset.
+            self.keep_client = self.reuse_up = False
+            conn.linger = True
+        return True
+
+    async def _read_exact(self, up: _Upstream, rest: bytes, length: int) -> bytes:
+        parts = [rest[:length]]
+        size = len(parts[0])
+        if len(rest) > length:
+            self.reuse_up = False
+        while size < length:
+            data = await self._read_up(up)
+            if not data:
+                raise _UpstreamGone("closed mid-response")
+            if size + len(data) > length:
+                data = data[: length - size]
+                self.reuse_up = False
+            parts.append(data)
+            size += len(data)
+        return b"".join(parts)
+
+    async def _relay_length(
+        self, up: _Upstream, data: bytes, left: int, captured: bytearray | None, cap: int
+    ) -> bool:
+        w = self.conn.writer
+        while True:
+            if data:
+                clean = len(data) <= left
+                if not clean:
+                    data = data[:left]
+                left -= len(data)
+                w.write(data)
+                if captured is not None and len(captured) < cap:
+                    captured += data[: cap - len(captured)]
+                if left == 0:
+                    return clean
+                await self.conn._drain_client()
+            elif left == 0:
+                return True
+            data = await self._read_up(up)
+            if not data:
+                raise _UpstreamGone("closed mid-response")
+
+    async def _relay_chunked(
+        self,
+        up: _Upstream,
+        data: bytes,
+        captured: bytearray | None,
+        cap: int,
+        dechunk: bool,
+    ) -> bool:
+        w = self.conn.writer
+        scanner = _ChunkScanner()
+        while True:
+            if data:
+                payload: list[memoryview] | None = [] if (dechunk or captured is not None) else None
+                try:
+                    used = scanner.feed(data, payload)
+                except _BadChunking as exc:
+                    raise _UpstreamGone(f"bad chunked framing: {exc}") from exc
+                if dechunk:
+                    assert payload is not None
+                    for piece in payload:
+                        w.write(piece)
+                else:
+                    w.write(data if used == len(data) else data[:used])
+                if captured is not None and payload is not None:
+                    for piece in payload:
+                        if len(captured) >= cap:
+                            break
+                        captured += piece[: cap - len(captured)]
+                if scanner.done:
+                    return used == len(data)
+                await self.conn._drain_client()
+            data = await self._read_up(up)
+            if not data:
+                raise _UpstreamGone("closed mid-response")
+
+    async def _relay_until_close(
+        self, up: _Upstream, data: bytes, captured: bytearray | None, cap: int
+    ) -> bool:
+        w = self.conn.writer
+        while data:
+            w.write(data)
+            if captured is not None and len(captured) < cap:
+                captured += data[: cap - len(captured)]
+            await self.conn._drain_client()
+            data = await self._read_up(up)
+        return True
+
+    async def _hijacked(
+        self, up: _Upstream, response: h11.Response | h11.InformationalResponse, rest: bytes
+    ) -> bool:
+        """Relay the head, then pipe raw bytes both ways until dockerd closes its side."""
+        conn = self.conn
+        self.keep_client = self.reuse_up = False
+        if self.pump is not None and not await self.pump:
+            return False  # the raw stream starts only once the request is complete
+        await conn._unwatch()
+        if self.fwd.on_response is not None:
+            await conn.gw.run_callback(
+                "on_response", self.fwd.on_response(response.status_code, b"")
+            )
+        conn._write_head(response.status_code, response.reason, response.headers.raw_items())
+        if rest:
+            conn.writer.write(rest)
+        to_docker = conn._spawn(self._pipe_to_docker(up))
+        try:
+            while True:
+                await conn._drain_client()
+                data = await self._read_up(up)
+                if not data:
+                    return True
+                conn.writer.write(data)
+        finally:
+            to_docker.cancel()
+
+    async def _pipe_to_docker(self, up: _Upstream) -> None:
+        conn = self.conn
+        w = up.writer
+        try:
+            while True:
+                data = await conn._recv()
+                if not data:
+                    break
+                w.write(data)
+                await w.drain()
+        except _ClientGone as exc:
+            conn.abort(f"client broke off a hijacked stream: {exc}")
+            return
+        except OSError:
+            return  # dockerd no longer reads; keep relaying what it still sends
+        if conn._hung_up():
+            conn.abort("client hung up on a hijacked stream")
+            return
+        # The client closed stdin but still listens: pass the half-close on (the container
+        # sees EOF on stdin) and keep relaying its output until dockerd closes.
+        with contextlib.suppress(OSError, RuntimeError):
+            if w.can_write_eof():
+                w.write_eof()
+        await conn._await_hangup()
+        conn.abort("client hung up on a hijacked stream")
+
+
+class _ChunkScanner:
+    """Follows a chunked body's framing without decoding it, so it can be relayed as it came."""
+
+    __slots__ = ("_left", "_line", "_state", "_trailers", "done")
+    _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+
+    def __init__(self) -> None:
+        self.done = False
+        self._state = self._SIZE
+        self._left = 0
+        self._line = bytearray()
+        self._trailers = 0
+
+    def feed(self, data: bytes, payload: list[memoryview] | None = None) -> int:
+        """Consume body bytes from the start of data; return how many belong to the body.
+
+        Chunk payload is appended to ``payload`` (as views into data) when given.
+        """
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._state == self._DATA:
+                take = min(self._left, end - pos)
+                if payload is not None:
+                    payload.append(memoryview(data)[pos : pos + take])
+                pos += take
+                self._left -= take
+                if not self._left:
+                    self._state = self._DATA_END
+                continue
+            nl = data.find(b"\n", pos)
+            if nl < 0:
+                self._line += data[pos:]
+                if len(self._line) > _MAX_CHUNK_LINE:
+                    raise _BadChunking("line too long")
+                return end
+            line = data[pos:nl]
+            if self._line:
+                line = bytes(self._line) + line
+                self._line.clear()
+            pos = nl + 1
+            if not line.endswith(b"\r") or len(line) > _MAX_CHUNK_LINE:
+                raise _BadChunking("line not ended by CRLF")
+            line = line[:-1]
+            if self._state == self._SIZE:
+                size = line.split(b";", 1)[0].strip(b" \t")
+                if not _CHUNK_SIZE.fullmatch(size):
+                    raise _BadChunking(f"bad chunk size {size[:20]!r}")
+                self._left = int(size, 16)
+                self._state = self._DATA if self._left else self._TRAILER
+            elif self._state == self._DATA_END:
+                if line:
+                    raise _BadChunking("chunk not followed by CRLF")
+                self._state = self._SIZE
+            else:
+                if not line:
+                    self.done = True
+                    return pos
+                self._trailers += len(line)
+                if self._trailers > _MAX_TRAILERS:
+                    raise _BadChunking("trailers too long")
+        return end
+
+
+def _request_framing(request: h11.Request) -> tuple[bool, int | None, str | None]:
+    """(chunked, content length, problem) of a request h11 accepted."""
+    chunked = False
+    length: int | None = None
+    for name, value in request.headers:
+        if name == b"transfer-encoding":
+            chunked = True
+        elif name == b"content-length":
+            length = int(value)
+    if chunked and length is not None:
+        # h11 lets Transfer-Encoding win, as RFC 9112 allows; a proxy must not: the two
+        # framings disagreeing is the classic request-smuggling shape.
+        return chunked, length, "both Content-Length and Transfer-Encoding"
+    return chunked, length, None
+
+
+def _framing(method: bytes, response: h11.Response | h11.InformationalResponse) -> tuple[int, int]:
+    if method == b"HEAD" or response.status_code in (204, 304) or response.status_code < 200:
+        return _NO_BODY, 0
+    length: int | None = None
+    for name, value in response.headers:
+        if name == b"transfer-encoding":
+            return _CHUNKED, 0  # h11 admits no coding but chunked
+        if name == b"content-length":
+            length = int(value)
+    if length is not None:
+        return _LENGTH, length
+    return _UNTIL_CLOSE, 0
+
+
+def _has_token(headers: Iterable[tuple[bytes, bytes]], token: bytes) -> bool:
+    for name, value in headers:
+        if name == b"connection" and token in (t.strip().lower() for t in value.split(b",")):
+            return True
+    return False
+
+
+def _is_docker_stream(response: h11.Response | h11.InformationalResponse) -> bool:
+    # dockerd hijacks attach/exec without an Upgrade header too, and then answers with one of
+    # its stream content types and no framing at all.
+    for name, value in response.headers:
+        if name == b"content-type" and value.split(b";")[0].strip().lower() in _DOCKER_STREAMS:
+            return True
+    return False
+
+
+def _too_large(limit: int) -> str:
+    return f"ds01: request body too large for the gateway (limit {limit} bytes)"
+
+
+__all__ = ["READ_SIZE", "UNREACHABLE", "Gateway"]

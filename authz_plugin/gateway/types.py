@@ -1,0 +1,83 @@
+"""The contract between the gateway's data plane (``proxy.py``) and the DS01 handler.
+
+The proxy speaks HTTP and knows nothing of policy; the handler speaks policy and never touches
+a socket. These value types are everything that passes between them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class PeerCred:
+    """The process on the other end of a unix socket, as the kernel recorded it at connect."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True)
+class RequestHead:
+    """One parsed request head: method, raw request-target and headers in the order received."""
+
+    method: str
+    target: str
+    headers: tuple[tuple[str, str], ...]
+    http_version: str = "1.1"
+
+    def header(self, name: str) -> str | None:
+        """The first value of a header, looked up case-insensitively; None when absent."""
+        wanted = name.lower()
+        for key, value in self.headers:
+            if key.lower() == wanted:
+                return value
+        return None
+
+
+@dataclass
+class Forward:
+    """Send this request to dockerd and relay its answer.
+
+    ``body`` replaces the request body (the proxy sets Content-Length and drops
+    Transfer-Encoding); None forwards the client's body unchanged (the buffered one, or the
+    stream as it arrives). ``capture_response`` > 0 hands up to that many bytes of the response
+    body to ``on_response`` (the client still gets the whole response unchanged).
+    ``on_close(ok)`` runs exactly once when the exchange ends: ok is True when the response was
+    relayed in full. ``hijack`` marks routes dockerd hijacks (attach, exec start): once dockerd
+    answers 101, or a body-less stream, the connection becomes a raw two-way pipe.
+    """
+
+    head: RequestHead
+    body: bytes | None = None
+    capture_response: int = 0
+    on_response: Callable[[int, bytes], Awaitable[None]] | None = None
+    on_close: Callable[[bool], Awaitable[None]] | None = None
+    hijack: bool = False
+
+
+@dataclass
+class Reply:
+    """Answer the client directly; dockerd is never contacted."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class Handler(Protocol):
+    """What the proxy asks about every request it parses."""
+
+    def body_limit(self, peer: PeerCred, head: RequestHead) -> int | None:
+        """None streams the body to dockerd; an int buffers it (413 above it) for decide()."""
+        ...
+
+    async def decide(
+        self, peer: PeerCred, head: RequestHead, body: bytes | None
+    ) -> Forward | Reply:
+        """Forward the request (possibly rewritten) or answer it directly."""
+        ...

@@ -1,0 +1,121 @@
+"""The wait queue: freed devices go to waiting requests by priority, then by waiting time."""
+
+from __future__ import annotations
+
+import pytest
+from alloc_helpers import GPU2, GPU3, NOW, example_inventory, limits, researcher
+
+from allocator.ledger import Ledger, Reservation
+from allocator.queue import Ticket, WaitQueue, wait_seconds
+from allocator.request import GpuRequest
+from policy.units import UnitError
+
+WHOLE = dict(max_gpus=2, allow_full_gpu=True, max_mig_instances=0, max_gpus_per_container=2)
+
+
+def ticket(tid: str, priority: int, at: float, count: int = 1, **values) -> Ticket:
+    lim = limits(tid, priority=priority, **{**WHOLE, **values})
+    return Ticket(tid, tid, 1000, "g", priority, GpuRequest(count=count), lim, at)
+
+
+def full_ledger() -> tuple[Ledger, list[str]]:
+    """Both whole GPUs bound to containers c2 and c3."""
+    ledger = Ledger(example_inventory())
+    for uuid, cid in ((GPU2, "c2"), (GPU3, "c3")):
+        res = ledger.reserve(
+            "holder", 1, "g", researcher("holder"), GpuRequest(device_ids=(uuid,)), NOW
+        )
+        ledger.bind(res.reservation_id, cid)
+    return ledger, ["c2", "c3"]
+
+
+def test_order_is_priority_then_waiting_time() -> None:
+    """Higher priority first; equal priority by who waited longest; then arrival."""
+    queue = WaitQueue()
+    assert queue.enqueue(ticket("late-low", 1, NOW + 10)) == 1
+    assert queue.enqueue(ticket("early-low", 1, NOW)) == 1
+    assert queue.enqueue(ticket("high", 9, NOW + 20)) == 1
+    assert queue.enqueue(ticket("same-time", 1, NOW)) == 3
+    assert [t.id for t in queue.tickets()] == ["high", "early-low", "same-time", "late-low"]
+    assert queue.position("late-low") == 4
+    assert queue.position("nobody") is None
+    assert queue.remove("high").id == "high"
+    assert queue.position("late-low") == 3
+    with pytest.raises(ValueError):
+        queue.enqueue(ticket("early-low", 1, NOW))
+
+
+def test_freed_device_goes_to_highest_priority() -> None:
+    """When a GPU is freed, the highest-priority waiting request gets it."""
+    ledger, (c2, _) = full_ledger()
+    queue = WaitQueue()
+    queue.enqueue(ticket("student", 1, NOW))
+    queue.enqueue(ticket("staff", 5, NOW + 30))
+    assert queue.next_eligible(ledger, NOW + 40).granted == ()
+    ledger.container_removed(c2)
+    dispatch = queue.next_eligible(ledger, NOW + 50)
+    assert [(t.id, r.device_ids) for t, r in dispatch.granted] == [("staff", (GPU2,))]
+    assert [t.id for t in queue.tickets()] == ["student"]
+    assert queue.position("student") == 1
+
+
+def test_big_request_is_not_starved_by_small_ones() -> None:
+    """A waiting request for two GPUs keeps a freed one from requests queued behind it."""
+    ledger, (c2, c3) = full_ledger()
+    queue = WaitQueue()
+    queue.enqueue(ticket("big", 5, NOW, count=2))
+    queue.enqueue(ticket("small", 1, NOW))
+    ledger.container_removed(c2)
+    dispatch = queue.next_eligible(ledger, NOW + 1)
+    assert dispatch.granted == () and len(queue) == 2
+    assert ledger.holder_of(GPU2) is None  # kept free for "big"
+    ledger.container_removed(c3)
+    dispatch = queue.next_eligible(ledger, NOW + 2)
+    assert [(t.id, len(r.devices)) for t, r in dispatch.granted] == [("big", 2)]
+    assert isinstance(dispatch.granted[0][1], Reservation)
+
+
+def test_ticket_refused_for_quota_leaves_the_queue() -> None:
+    """A waiting request that now exceeds its quota is refused, not kept waiting."""
+    ledger, (c2, _) = full_ledger()
+    queue = WaitQueue()
+    t = ticket("holder", 1, NOW, max_gpus=1)  # "holder" still has GPU 3 after c2 goes
+    queue.enqueue(t)
+    ledger.container_removed(c2)
+    dispatch = queue.next_eligible(ledger, NOW + 1)
+    assert [(x.id, r.code) for x, r in dispatch.refused] == [("holder", "quota_gpus")]
+    assert len(queue) == 0
+
+
+def test_deadline_expires() -> None:
+    """Tickets past their deadline leave the queue."""
+    queue = WaitQueue()
+    lim = limits("a")
+    queue.enqueue(Ticket("a", "a", 1, "g", 0, GpuRequest(count=1), lim, NOW, deadline=NOW + 60))
+    queue.enqueue(Ticket("b", "b", 1, "g", 0, GpuRequest(count=1), lim, NOW))
+    assert queue.expire(NOW + 59) == []
+    assert [t.id for t in queue.expire(NOW + 60)] == ["a"]
+    assert len(queue) == 1
+
+
+@pytest.mark.parametrize(
+    ("label", "policy", "expected"),
+    [
+        (None, 0.0, 0.0),
+        (None, 900.0, 900.0),
+        ("5m", 900.0, 300.0),
+        ("1h", 900.0, 900.0),
+        ("0", 900.0, 0.0),
+        ("10m", None, 600.0),
+        (None, None, None),
+    ],
+)
+def test_wait_seconds(label: str | None, policy: float | None, expected: float | None) -> None:
+    """The policy's gpu_wait is the default and the cap; a ds01.wait label can shorten it."""
+    assert wait_seconds(label, policy) == expected
+
+
+def test_bad_wait_label() -> None:
+    """A ds01.wait label that is not a duration is an error the gateway turns into a denial."""
+    with pytest.raises(UnitError):
+        wait_seconds("soon", 900.0)
