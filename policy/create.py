@@ -7,6 +7,7 @@ come only from the allocator, through :func:`apply_allocation`).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from allocator.labels import (
@@ -288,7 +289,7 @@ def _check_volume_name(name: str, identity: Identity, state: State) -> None:
     # A volume that does not exist yet is created for the user; someone else's is invisible.
     facts = state.related.get(f"volume:{name}")
     if facts is not None and facts.owner != identity.user:
-        raise Denied(not_found("volume", name))
+        raise Denied(_missing("volume", name))
 
 
 def _check_references(
@@ -298,7 +299,13 @@ def _check_references(
     for ref in referenced_containers(body):
         facts = state.related.get(f"container:{ref}")
         if facts is None or facts.owner != identity.user:
-            raise Denied(not_found("container", ref))
+            raise Denied(_missing("container", ref))
+
+
+def _missing(kind: str, ref: str) -> Decision:
+    # "Not found", as dockerd says it, but not HTTP 404: on a create the docker CLI takes a
+    # 404 to mean a missing image and would try to pull it.
+    return replace(not_found(kind, ref), status=400)
 
 
 def referenced_containers(body: dict[str, Any]) -> list[str]:

@@ -161,7 +161,12 @@ def _decide(
     if endpoint.startswith(_ADMIN_ONLY_PREFIXES) or endpoint in _ADMIN_ONLY:
         if limits.is_admin:
             return allow(audited=True)
-        return deny("admin_only", f"{route.method} {route.path} is for admins only", _ADMIN_FIX)
+        # A read answers 404 so that `docker inspect NAME`, which tries every object type in
+        # turn (plugins too), reports the name as unknown instead of stopping at this refusal.
+        status = 404 if route.method in ("GET", "HEAD") else 403
+        return deny(
+            "admin_only", f"{route.method} {route.path} is for admins only", _ADMIN_FIX, status
+        )
     handler = _HANDLERS.get(endpoint)
     if handler is not None:
         return handler(route, body, identity, limits, state)

@@ -159,9 +159,14 @@ class GatewayHandler:
             if isinstance(outcome, Decision):
                 return deny_reply(outcome)
             reservation = outcome
-            devices, gpueq = list(outcome.devices), outcome.gpueq
-        create_rules.apply_allocation(body, devices, gpueq, service.clock())
-        raw = dumps_canonical(body)
+            devices, gpueq = list(outcome.device_ids), outcome.gpueq
+        try:
+            create_rules.apply_allocation(body, devices, gpueq, service.clock())
+            raw = dumps_canonical(body)
+        except BaseException:
+            if reservation is not None:  # never lose (or leak) an allocation
+                service.gpus.rollback(reservation)
+            raise
         bound = False
 
         async def on_response(status: int, data: bytes) -> None:

@@ -220,7 +220,8 @@ def test_someone_elses_container_does_not_exist(clean):
         ("inspect", "victim"),
         ("kill", "victim"),
     ):
-        refused(clean.docker(*args, user=BOB), "No such")
+        result = clean.docker(*args, user=BOB)
+        assert "No such" in result.stderr, (args, result.stderr)  # `rm -f` exits 0 on "missing"
     assert inspect(clean, "victim")["State"]["Running"]
 
 

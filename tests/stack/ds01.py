@@ -16,14 +16,16 @@ import time
 from pathlib import Path
 
 from tests.harness.dockerd import PrivateDockerd, remove_plugin_spec, write_plugin_spec
-from tests.harness.fake_nvidia_hook import install_fake_hook
+from tests.harness.fake_nvidia_hook import default_record_path, install_fake_hook
 from tests.harness.images import import_busybox_image
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = "ds01-busybox:latest"
 
 
-def _wait_for_socket(path: Path, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20.0) -> None:
+def _wait_for_socket(
+    path: Path, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists():
@@ -44,8 +46,13 @@ def user_python() -> str:
 class Ds01Stack:
     """ds01d + a private dockerd. ``docker(...)`` goes through the gateway as a given user."""
 
-    def __init__(self, base: Path, policy: str, inventory: str | None = "config/inventory.example.yaml",
-                 extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        base: Path,
+        policy: str,
+        inventory: str | None = "config/inventory.example.yaml",
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.base = base
         self.base.mkdir(parents=True, exist_ok=True)
         os.chmod(self.base, 0o755)  # test users must reach the gateway socket
@@ -60,7 +67,9 @@ class Ds01Stack:
         self.log = base / "ds01d.log"
         self.hook_dir = base / "hook"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.dockerd = PrivateDockerd(base / "d", authz_plugin=self.plugin_name, extra_path=[str(self.hook_dir)])
+        self.dockerd = PrivateDockerd(
+            base / "d", authz_plugin=self.plugin_name, extra_path=[str(self.hook_dir)]
+        )
 
     @property
     def gateway(self) -> str:
@@ -68,7 +77,7 @@ class Ds01Stack:
 
     @property
     def hook_records(self) -> Path:
-        return self.hook_dir / "hook-records.jsonl"
+        return Path(default_record_path(self.hook_dir))
 
     def start(self) -> Ds01Stack:
         install_fake_hook(str(self.hook_dir))
@@ -80,19 +89,33 @@ class Ds01Stack:
 
     def start_ds01d(self) -> None:
         cmd = [
-            sys.executable, "-m", "authz_plugin.daemon",
-            "--policy", str(self.policy_file),
-            "--plugin-socket", str(self.plugin_socket),
-            "--gateway-socket", str(self.gateway_socket),
-            "--docker-host", f"unix://{self.dockerd.socket_path}",
-            "--inventory", self.inventory,
-            "--state-dir", str(self.state_dir),
-            "--log-level", "debug",
+            sys.executable,
+            "-m",
+            "authz_plugin.daemon",
+            "--policy",
+            str(self.policy_file),
+            "--plugin-socket",
+            str(self.plugin_socket),
+            "--gateway-socket",
+            str(self.gateway_socket),
+            "--docker-host",
+            f"unix://{self.dockerd.socket_path}",
+            "--inventory",
+            self.inventory,
+            "--state-dir",
+            str(self.state_dir),
+            "--log-level",
+            "debug",
             *self.extra_args,
         ]
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            self.proc = subprocess.Popen(
+                cmd,
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         for path in (self.plugin_socket, self.gateway_socket):
             _wait_for_socket(path, self.proc, self.log)
 
@@ -117,33 +140,62 @@ class Ds01Stack:
         self.proc.send_signal(signal.SIGHUP)
         time.sleep(0.3)
 
-    def docker(self, *args: str, user: str | None = None, input: str | None = None,
-               timeout: float = 60, direct: bool = False) -> subprocess.CompletedProcess[str]:
+    def docker(
+        self,
+        *args: str,
+        user: str | None = None,
+        input: str | None = None,
+        timeout: float = 60,
+        direct: bool = False,
+    ) -> subprocess.CompletedProcess[str]:
         """Run the docker CLI through the gateway (or ``direct``ly to dockerd, as root)."""
         host = self.dockerd.host if direct else self.gateway
         env = {"DOCKER_HOST": host, "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/tmp"}
         cmd = ["docker", *args]
         if user is not None:
             cmd = ["runuser", "-u", user, "--", "env", *(f"{k}={v}" for k, v in env.items()), *cmd]
-        return subprocess.run(cmd, env={**os.environ, **env}, input=input, capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run(
+            cmd,
+            env={**os.environ, **env},
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
-    def ds01(self, *args: str, user: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    def ds01(
+        self, *args: str, user: str | None = None, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
         """Run the ds01 CLI against this stack's gateway, as ``user``."""
         return self.python_module("authz_plugin.cli", *args, user=user, timeout=timeout)
 
-    def python(self, code: str, user: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def python(
+        self, code: str, user: str | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         """Run Python ``code`` (with the project's dependencies) as ``user``."""
         return self.python_module("-c", code, user=user, timeout=timeout)
 
-    def python_module(self, *args: str, user: str | None, timeout: float) -> subprocess.CompletedProcess[str]:
-        env = {"DOCKER_HOST": self.gateway, "PYTHONPATH": str(REPO), "NO_COLOR": "1", "HOME": "/tmp"}
+    def python_module(
+        self, *args: str, user: str | None, timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        env = {
+            "DOCKER_HOST": self.gateway,
+            "PYTHONPATH": str(REPO),
+            "NO_COLOR": "1",
+            "HOME": "/tmp",
+        }
         first = ["-m", args[0], *args[1:]] if args[0] != "-c" else list(args)
         cmd = [user_python(), *first]
         if user is not None:
             cmd = ["runuser", "-u", user, "--", "env", *(f"{k}={v}" for k, v in env.items()), *cmd]
-        return subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True,
-                              timeout=timeout, cwd="/tmp")
+        return subprocess.run(
+            cmd,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd="/tmp",
+        )
 
     def audit_events(self) -> list[dict]:
         path = self.state_dir / "audit.jsonl"
