@@ -33,6 +33,7 @@ from .types import Forward, Handler, PeerCred, Reply, RequestHead
 READ_SIZE = 256 * 1024
 # StreamReader pauses the socket above twice this; at the default 64 KiB it would pause and
 # resume on nearly every 256 KiB read.
+_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 _STREAM_LIMIT = 1024 * 1024
 _WRITE_HIGH_WATER = 1024 * 1024
 _MAX_RESPONSE_HEAD = 64 * 1024
@@ -116,7 +117,7 @@ class Gateway:
             bound = os.path.join(private, "s")
             sock.bind(bound)
             os.chmod(bound, mode)
-            sock.listen(256)
+            sock.listen(_BACKLOG)
             os.rename(bound, path)
         except BaseException:
             sock.close()
@@ -128,7 +129,11 @@ class Gateway:
                 os.rmdir(private)
         st = os.stat(path)
         self._path, self._inode = path, (st.st_dev, st.st_ino)
-        self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=_STREAM_LIMIT)
+        # asyncio listens again with its own backlog (100 by default): pass ours, or a burst of
+        # clients connecting at once (Go clients connect non-blocking) gets EAGAIN.
+        self._server = await asyncio.start_unix_server(
+            self._serve, sock=sock, limit=_STREAM_LIMIT, backlog=_BACKLOG
+        )
         self.log.debug("gateway listening on %s, forwarding to %s", path, self.upstream)
 
     async def stop(self) -> None:
