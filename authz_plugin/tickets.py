@@ -30,7 +30,8 @@ class Ticket:
 
 
 def body_digest(body: bytes | None) -> str | None:
-    return hashlib.sha256(body).hexdigest() if body else None
+    """The approved body's digest; None only when no body was buffered (an empty one counts)."""
+    return hashlib.sha256(body).hexdigest() if body is not None else None
 
 
 class Tickets:
@@ -57,7 +58,9 @@ class Tickets:
         ticket.requests_seen += 1
         if ticket.method != method or ticket.target != uri:
             return None
-        if ticket.body_sha256 is not None and ticket.body_sha256 != body_digest(body):
+        # dockerd shows the plugin an empty body as none at all
+        seen = body_digest(body if body is not None else b"")
+        if ticket.body_sha256 is not None and ticket.body_sha256 != seen:
             return None
         return ticket
 

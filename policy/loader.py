@@ -55,11 +55,57 @@ def _is_duration(value: object) -> bool:
 _VALIDATOR = jsonschema.Draft202012Validator(load_schema(), format_checker=_FORMATS)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """Dates stay the strings the admin wrote (the schema validates them as ISO dates)."""
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", _StrictLoader.construct_yaml_str)
+
+
+def _duplicate_key(node: yaml.Node | None, path: list[Any]) -> tuple[list[Any], int] | None:
+    """The path and line of the first key written twice in one mapping (PyYAML would keep the
+    last silently, as a request body must not either)."""
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                return [*path, key], key_node.start_mark.line + 1
+            seen.add(key)
+            found = _duplicate_key(value_node, [*path, key])
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found = _duplicate_key(item, [*path, i])
+            if found:
+                return found
+    return None
+
+
+def _non_finite(value: Any, path: list[Any]) -> list[Any] | None:
+    """The path of the first NaN or infinity in ``value`` (jsonschema's bounds let them by)."""
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return path
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
+    for key, item in items:
+        found = _non_finite(item, [*path, key])
+        if found is not None:
+            return found
+    return None
+
+
 def parse_policy(text: str, source: str = "policy.yaml") -> PolicyDocument:
     """Parse and validate policy text; raise PolicyError for the first problem found."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=_StrictLoader)
+        data = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None
@@ -69,6 +115,13 @@ def parse_policy(text: str, source: str = "policy.yaml") -> PolicyDocument:
         data = {}
     if not isinstance(data, dict):
         raise PolicyError(source, 1, "", "the policy must be a mapping with defaults/groups/users")
+    duplicate = _duplicate_key(root, [])
+    if duplicate is not None:
+        path, line = duplicate
+        raise PolicyError(source, line, _dotted(path), "this key is written twice in one mapping")
+    bad = _non_finite(data, [])
+    if bad is not None:
+        raise PolicyError(source, _line_of(root, bad), _dotted(bad), "not a finite number")
     errors = list(_VALIDATOR.iter_errors(data))
     if errors:
         error = _most_specific(min(errors, key=_rank))
@@ -108,6 +161,19 @@ def _reason(error: jsonschema.ValidationError) -> str:
         return str(error.cause)
     if error.validator in _UNKNOWN_KEY:
         return "unknown key; see the configuration reference in README.md"
+    if error.validator == "type" and error.parent is not None:
+        # In an anyOf of null and a type, name the type that was meant, not "null".
+        wanted = [
+            t
+            for e in error.parent.context or []
+            if e.validator == "type"
+            for t in (
+                [e.validator_value] if isinstance(e.validator_value, str) else e.validator_value
+            )
+            if t != "null"
+        ]
+        if wanted:
+            return f"{error.instance!r} is not of type {' or '.join(repr(t) for t in wanted)}"
     if error.validator == "minimum":
         return f"{error.instance!r} is below the minimum {error.schema['minimum']}"
     return error.message

@@ -31,11 +31,13 @@ class Route:
     extra: dict[str, str] = field(default_factory=dict)
 
     def q(self, name: str, default: str = "") -> str:
+        """A query parameter as dockerd reads it (Go's ``Values.Get``: the first value)."""
         values = self.query.get(name)
-        return values[-1] if values else default
+        return values[0] if values else default
 
     def flag(self, name: str) -> bool:
-        return self.q(name).lower() in ("1", "true")
+        """A boolean query parameter as moby's ``httputils.BoolValue`` reads it."""
+        return self.q(name).strip().lower() not in ("", "0", "no", "false", "none")
 
 
 class RouteError(ValueError):
@@ -156,7 +158,8 @@ def parse_route(method: str, target: str) -> Route:
     if not target.startswith("/"):
         raise RouteError(f"request target {target[:80]!r} is not an absolute path")
     path, _, query_text = target.partition("?")
-    path = path.partition("#")[0]
+    if "#" in path:  # Go keeps it in the path; we will not guess how it routes
+        raise RouteError("a '#' in the request path is not accepted")
     if "%" in path:
         raise RouteError("percent-encoded characters in the request path are not accepted")
     if "//" in path or "/./" in path or "/../" in path or path.endswith(("/.", "/..")):

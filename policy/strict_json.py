@@ -33,8 +33,16 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # Go refuses numbers out of float64's range
+        raise BodyError(f"the number {text[:40]} is out of range")
+    return value
+
+
 def loads_strict(raw: bytes | str) -> Any:
-    """Parse JSON refusing duplicate keys, NaN/Infinity, invalid UTF-8 and trailing data."""
+    """Parse JSON refusing duplicate keys, NaN/Infinity, huge numbers, invalid UTF-8, lone
+    surrogates and trailing data."""
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     except UnicodeDecodeError:
@@ -42,16 +50,27 @@ def loads_strict(raw: bytes | str) -> Any:
     if text.startswith("\ufeff"):
         raise BodyError("the JSON body starts with a byte-order mark")
     try:
-        return json.loads(text, object_pairs_hook=_pairs, parse_constant=_reject_constant)
+        value = json.loads(
+            text,
+            object_pairs_hook=_pairs,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+        )
+        dumps_canonical(value)  # a lone surrogate (\ud800) parses but cannot be forwarded
+        return value
     except BodyError:
         raise
+    except UnicodeEncodeError:
+        raise BodyError("the JSON body has an unpaired UTF-16 surrogate escape") from None
     except (ValueError, RecursionError) as exc:
         raise BodyError(f"the JSON body does not parse ({exc})") from None
 
 
 def dumps_canonical(value: Any) -> bytes:
     """The one serialisation DS01 forwards: compact, UTF-8, keys as approved."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8"
+    )
 
 
 # ---- Shapes of Docker API bodies -------------------------------------------------------
@@ -295,7 +314,7 @@ def _check_struct(value: Any, shape: dict[str, Shape], where: str) -> None:
         raise BodyError(f"{where or 'the body'} must be a JSON object")
     folded = {name.casefold(): name for name in shape}
     seen: dict[str, str] = {}
-    for key, item in value.items():
+    for key, item in list(value.items()):
         path = f"{where}.{key}" if where else key
         fold = key.casefold()
         if fold in seen:
@@ -304,5 +323,10 @@ def _check_struct(value: Any, shape: dict[str, Shape], where: str) -> None:
         if key not in shape:
             if fold in folded:
                 raise BodyError(f"field {path!r} must be spelled {folded[fold]!r}")
+            if item is None:
+                # dockerd ignores an unknown null (docker-py sends {"mynet": null} in
+                # NetworkingConfig); drop it so the forwarded body holds only what we read.
+                del value[key]
+                continue
             raise BodyError(f"unknown field {path!r}")
         check_shape(item, shape[key], path)

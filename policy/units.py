@@ -43,8 +43,8 @@ def parse_duration(value: object) -> float | None:
     if isinstance(value, bool):
         raise UnitError(f"{value!r} is not a duration like 48h")
     if isinstance(value, int | float):
-        if value < 0:
-            raise UnitError(f"{value!r} is not a duration like 48h (negative)")
+        if value < 0 or value != value or value == float("inf"):
+            raise UnitError(f"{value!r} is not a duration like 48h")
         return float(value)
     if isinstance(value, str):
         text = value.strip().replace(" ", "")
