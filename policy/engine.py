@@ -227,13 +227,16 @@ def owner_filter_query(route: Route, user: str) -> dict[str, list[str]]:
         raise Denied(
             deny("bad_request", "the filters query parameter is not a JSON object", "", 400)
         )
-    labels = filters.get("label", [])
-    if isinstance(labels, dict):  # legacy form {"label": {"a=b": true}}
-        labels = [k for k, v in labels.items() if v]
-    if not isinstance(labels, list):
-        raise Denied(deny("bad_request", "the label filter is not a list", "", 400))
     owner = f"{LABEL_USER}={user}"
-    filters["label"] = [*labels, owner] if owner not in labels else labels
+    # dockerd reads either {"k": ["v"]} or {"k": {"v": true}}, not a mix: answer in kind.
+    map_form = any(isinstance(v, dict) for v in filters.values())
+    labels = filters.get("label", {} if map_form else [])
+    if map_form and isinstance(labels, dict):
+        filters["label"] = {**labels, owner: True}
+    elif not map_form and isinstance(labels, list):
+        filters["label"] = [*labels, owner] if owner not in labels else labels
+    else:
+        raise Denied(deny("bad_request", "the label filter is neither a list nor a map", "", 400))
     query["filters"] = [json.dumps(filters, separators=(",", ":"))]
     return query
 
@@ -336,13 +339,8 @@ def _exec_create(
             f"docker exec --privileged is not allowed for {create_rules.who(limits)}",
             "run docker exec without --privileged",
         )
-    env = [e for e in body.get("Env") or [] if e.upper().startswith("NVIDIA_")]
-    if env:
-        return deny(
-            "exec_env",
-            "NVIDIA_* variables cannot be set on exec",
-            "GPUs are given when the container is created (--gpus)",
-        )
+    # NVIDIA_* in an exec's env grants nothing: devices are fixed when the container starts
+    # (the Dev Containers CLI re-sends the container's own env, NVIDIA_VISIBLE_DEVICES too).
     return owned
 
 

@@ -1,0 +1,27 @@
+# DS01 developer entry points. `make test` is the test command (README and CI use it).
+VENV := .venv
+PY := $(VENV)/bin/python
+RUFF := $(VENV)/bin/ruff
+
+.PHONY: venv test lint fmt demo bench
+
+# Idempotent and quick when nothing changed: installs missing host packages (root) and .venv.
+venv:
+	bash scripts/setup-host.sh
+
+test: venv
+	$(RUFF) check .
+	$(RUFF) format --check .
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+lint: venv
+	$(RUFF) check . && $(RUFF) format --check .
+
+fmt: venv
+	$(RUFF) format . && $(RUFF) check --fix .
+
+demo: venv
+	$(PY) -m scripts.demo
+
+bench: venv
+	$(PY) -m scripts.bench

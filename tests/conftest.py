@@ -1,0 +1,86 @@
+"""Shared pytest fixtures: a session-wide private dockerd with the fake NVIDIA hook and image."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import (
+    BUSYBOX_TAG,
+    FAKE_HOOK_RECORD_ENV,
+    PrivateDockerd,
+    default_record_path,
+    import_busybox_image,
+    install_fake_hook,
+)
+from tests.harness.images import BUSYBOX_SOURCE
+
+_SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def docker_unavailable_reason() -> str | None:
+    """Why a real private dockerd cannot run here, or None if it can."""
+    if os.geteuid() != 0:
+        return "needs root (private dockerd, useradd)"
+    for tool in ("dockerd", "containerd", "runc"):
+        if not shutil.which(tool, path=os.environ.get("PATH", "") + ":" + _SBIN_PATH):
+            return f"{tool} not installed (run scripts/setup-host.sh)"
+    if not shutil.which("docker", path=os.environ.get("PATH", "") + ":" + _SBIN_PATH):
+        return "docker CLI not installed (run scripts/setup-host.sh)"
+    if not os.path.exists(BUSYBOX_SOURCE):
+        return "busybox-static not installed (run scripts/setup-host.sh)"
+    return None
+
+
+def require_docker() -> None:
+    """Skip when Docker cannot run here; on CI that is a failure, never a silent skip."""
+    reason = docker_unavailable_reason()
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"docker tests cannot run on CI: {reason}")
+    pytest.skip(reason)
+
+
+def new_base_dir(prefix: str = "ds01-") -> str:
+    """A fresh, short directory under /tmp (unix socket paths must stay short)."""
+    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+
+
+@pytest.fixture(scope="session")
+def private_dockerd() -> Iterator[PrivateDockerd]:
+    """A started private dockerd (no AuthZ plugin), fake NVIDIA hook on PATH, image imported."""
+    require_docker()
+    base = new_base_dir()
+    hook_dir = os.path.join(base, "hook")
+    install_fake_hook(hook_dir)
+    daemon = PrivateDockerd(
+        base,
+        extra_path=[hook_dir],
+        env={FAKE_HOOK_RECORD_ENV: default_record_path(hook_dir)},
+    )
+    try:
+        daemon.start()
+        import_busybox_image(daemon.host, BUSYBOX_TAG)
+        yield daemon
+    finally:
+        daemon.stop()
+        if not os.environ.get("DS01_KEEP_TMP"):
+            shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def busybox_image(private_dockerd: PrivateDockerd) -> str:
+    """Tag of the busybox test image in the session's private dockerd."""
+    return import_busybox_image(private_dockerd.host, BUSYBOX_TAG)
+
+
+@pytest.fixture
+def fake_hook_records(private_dockerd: PrivateDockerd) -> Path:
+    """The JSONL file the fake NVIDIA hook appends to for the session's private dockerd."""
+    return Path(private_dockerd.env[FAKE_HOOK_RECORD_ENV])
