@@ -7,6 +7,7 @@ Here the pure engine meets Docker: this module looks up the objects a request na
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import replace
 from typing import Any, Protocol
@@ -137,6 +138,7 @@ class Service:
         base = State(
             now=self.clock(),
             cgroup_driver=self.cgroup_driver,
+            host_cpus=os.cpu_count(),
             protected_paths=self.protected_paths or State().protected_paths,
             **({"realpath": self.realpath} if self.realpath else {}),
         )

@@ -77,7 +77,7 @@ def decide_create(
         _check_host_config(host, identity, limits, state)
         _check_references(body, host, identity, state)
         _check_gpu_container(host, gpu_request)
-        _apply_resources(host, limits, changes)
+        _apply_resources(host, limits, changes, state.host_cpus)
         if limits.max_containers is not None and state.user_containers >= limits.max_containers:
             raise refuse(
                 "max_containers",
@@ -348,7 +348,9 @@ def _check_gpu_container(host: dict[str, Any], gpu_request: Any) -> None:
         )
 
 
-def _apply_resources(host: dict[str, Any], limits: Limits, changes: list[str]) -> None:
+def _apply_resources(
+    host: dict[str, Any], limits: Limits, changes: list[str], host_cpus: int | None = None
+) -> None:
     group = who(limits)
     _cap_int(host, "Memory", limits.memory, "--memory", group, changes, format_size)
     if limits.memory is not None:
@@ -362,7 +364,7 @@ def _apply_resources(host: dict[str, Any], limits: Limits, changes: list[str]) -
         host["MemorySwap"] = host["Memory"]
     _cap_int(host, "ShmSize", limits.shm_size, "--shm-size", group, changes, format_size)
     _cap_int(host, "PidsLimit", limits.pids_limit, "--pids-limit", group, changes, str)
-    _cap_cpus(host, limits.max_cpus, group, changes)
+    _cap_cpus(host, limits.max_cpus, group, changes, host_cpus)
 
 
 def _cap_int(host, key, cap, flag, group, changes, fmt) -> None:
@@ -380,7 +382,13 @@ def _cap_int(host, key, cap, flag, group, changes, fmt) -> None:
         )
 
 
-def _cap_cpus(host: dict[str, Any], max_cpus: float | None, group: str, changes: list[str]) -> None:
+def _cap_cpus(
+    host: dict[str, Any],
+    max_cpus: float | None,
+    group: str,
+    changes: list[str],
+    host_cpus: int | None = None,
+) -> None:
     if max_cpus is None:
         return
     nano = host.get("NanoCpus") or 0
@@ -392,8 +400,8 @@ def _cap_cpus(host: dict[str, Any], max_cpus: float | None, group: str, changes:
             f"--cpus {asked:g} is over the per-container limit of {max_cpus:g} CPUs for {group}",
             f"ask for at most --cpus {max_cpus:g}",
         )
-    if asked is None:
-        host["NanoCpus"] = int(max_cpus * NANO)
+    if asked is None:  # the default: the cap, or the whole host if it is smaller
+        host["NanoCpus"] = int(min(max_cpus, host_cpus or max_cpus) * NANO)
         changes.append(f"NanoCpus={host['NanoCpus']}")
 
 

@@ -50,6 +50,7 @@ class State:
     related: Mapping[str, ObjectFacts] = field(default_factory=dict)  # objects the body names
     user_containers: int = 0  # containers the user already has (for max_containers)
     cgroup_driver: str = "cgroupfs"
+    host_cpus: int | None = None  # dockerd refuses --cpus above the host's CPU count
     # Resolves symlinks on the host (os.path.realpath); injected so the engine stays pure.
     realpath: Callable[[str], str] = _no_symlinks
     # Sockets no user may mount: dockerd's, the gateway's, the plugin's.
