@@ -1,0 +1,317 @@
+"""`make bench`: DS01's overheads, each measured side by side with its baseline in one run.
+
+Timings on a shared machine are noisy, so every figure that matters is a ratio of two
+measurements interleaved in the same run; absolute numbers are printed for context only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from allocator.inventory import load_inventory_file
+from allocator.ledger import Ledger
+from allocator.request import GpuRequest
+from authz_plugin.docker_client import DockerClient
+from authz_plugin.gpus import GpuBroker, container_summaries
+from policy.identity import Identity
+from policy.limits import resolve
+from policy.loader import parse_policy
+from scripts import bench_authz
+from tests.harness.dockerd import PrivateDockerd, remove_plugin_spec, write_plugin_spec
+from tests.harness.images import import_busybox_image
+from tests.stack.ds01 import IMAGE, REPO, Ds01Stack
+
+POLICY = """
+defaults: {max_mig_instances: 1, max_gpus: 1, allow_full_gpu: true, gpu_hold_after_stop: 0}
+groups:
+  admins: {admin: true, members: [root]}
+"""
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleave(
+    a: Callable[[], object], b: Callable[[], object], rounds: int
+) -> tuple[list[float], list[float]]:
+    """Run a and b alternately, `rounds` times each, so both see the same noise."""
+    ta, tb = [], []
+    for _ in range(rounds):
+        ta.append(timed(a))
+        tb.append(timed(b))
+    return ta, tb
+
+
+def cli(host: str, *args: str) -> Callable[[], None]:
+    def run() -> None:
+        subprocess.run(["docker", "-H", host, *args], check=True, capture_output=True)
+
+    return run
+
+
+def median_ratio(a: list[float], b: list[float]) -> float:
+    return statistics.median(a) / statistics.median(b)
+
+
+def line(label: str, governed: list[float], base: list[float], goal: str) -> None:
+    print(
+        f"  {label:46s} x{median_ratio(governed, base):.2f}  "
+        f"({statistics.median(governed) * 1000:.1f} ms vs {statistics.median(base) * 1000:.1f} ms; goal {goal})"
+    )
+
+
+def socat_relay(target: str, path: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        ["socat", f"UNIX-LISTEN:{path},fork,mode=600", f"UNIX-CONNECT:{target}"]
+    )
+    for _ in range(100):
+        if os.path.exists(path):
+            break
+        time.sleep(0.05)
+    return proc
+
+
+def bench_docker(stack: Ds01Stack, plain: PrivateDockerd, noop: PrivateDockerd, base: Path) -> None:
+    gw, direct, unplugged = stack.gateway, stack.dockerd.host, plain.host
+    for host in (gw, unplugged):
+        subprocess.run(
+            ["docker", "-H", host, "run", "-d", "--name", "benchc", IMAGE, "sleep", "600"],
+            check=True,
+            capture_output=True,
+        )
+    print("docker CLI wall time (median of interleaved runs):")
+    a, b = interleave(cli(direct, "ps"), cli(unplugged, "ps"), 30)
+    line("docker ps, dockerd with ds01 plugin / without", a, b, "<= 1.15")
+    a, b = interleave(cli(noop.host, "ps"), cli(unplugged, "ps"), 30)
+    line("docker ps, dockerd with a do-nothing plugin / without", a, b, "reference")
+    a, b = interleave(cli(gw, "ps"), cli(unplugged, "ps"), 30)
+    line("docker ps, gateway + plugin / dockerd direct", a, b, "<= 1.25")
+    a, b = interleave(cli(gw, "inspect", "benchc"), cli(unplugged, "inspect", "benchc"), 30)
+    line("docker inspect, gateway + plugin / direct", a, b, "<= 1.25")
+
+    print("docker cp of 256 MiB out of a container (throughput, interleaved):")
+    for host in (gw, unplugged):
+        subprocess.run(
+            [
+                "docker",
+                "-H",
+                host,
+                "exec",
+                "benchc",
+                "dd",
+                "if=/dev/zero",
+                "of=/tmp/big",
+                "bs=1M",
+                "count=256",
+            ],
+            check=True,
+            capture_output=True,
+        )
+    relay_path = str(base / "socat.sock")
+    relay = socat_relay(stack.dockerd.socket_path, relay_path)
+    try:
+        out = base / "cp-out"
+
+        def cp(host: str) -> Callable[[], None]:
+            def run() -> None:
+                subprocess.run(
+                    ["docker", "-H", host, "cp", "benchc:/tmp/big", str(out)],
+                    check=True,
+                    capture_output=True,
+                )
+                out.unlink()
+
+            return run
+
+        gateway_t, socat_t, direct_t = [], [], []
+        for _ in range(3):
+            gateway_t.append(timed(cp(gw)))
+            socat_t.append(timed(cp(f"unix://{relay_path}")))
+            direct_t.append(timed(cp(direct)))
+        mib = 256
+        g, s, d = (mib / statistics.median(t) for t in (gateway_t, socat_t, direct_t))
+        print(
+            f"  {'gateway / socat relay':46s} x{g / s:.2f}  ({g:.0f} vs {s:.0f} MiB/s; goal >= 0.9)"
+        )
+        print(
+            f"  {'gateway / dockerd direct (same dockerd)':46s} x{g / d:.2f}  ({g:.0f} vs {d:.0f} MiB/s)"
+        )
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        relay.wait()
+
+
+def http_create(sock_path: str, body: bytes) -> tuple[float, int]:
+    start = time.perf_counter()
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(sock_path)
+        s.sendall(
+            b"POST /v1.41/containers/create HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return time.perf_counter() - start, int(data.split()[1])
+
+
+def concurrent_creates(sock_path: str, payload: bytes, clients: int) -> list[tuple[float, int]]:
+    """`clients` creates at once, each on its own connection; (latency, status) of each."""
+    with ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(lambda _: http_create(sock_path, payload), range(clients)))
+
+
+def bench_allocation(stack: Ds01Stack) -> None:
+    print("GPU allocation:")
+    doc = parse_policy(POLICY)
+    limits = resolve(doc, Identity(uid=0, user="root"))
+    ledger = Ledger(load_inventory_file(str(REPO / "config/inventory.example.yaml")))
+    request = GpuRequest(count=1)
+    n, start = 20000, time.perf_counter()
+    for i in range(n):
+        result = ledger.reserve("u", 1, "g", limits, request, float(i))
+        ledger.rollback(result.reservation_id)
+    per_s = n / (time.perf_counter() - start)
+    print(f"  allocation decisions (reserve + rollback, pure ledger): {per_s:,.0f}/s")
+    body = json.dumps(
+        {
+            "Image": IMAGE,
+            "Cmd": ["true"],
+            "HostConfig": {"DeviceRequests": [{"Count": 1, "Capabilities": [["gpu"]]}]},
+        }
+    ).encode()
+    plain = json.dumps({"Image": IMAGE, "Cmd": ["true"]}).encode()
+    for clients in (1, 20):
+        lat: dict[str, list[float]] = {"gpu": [], "plain": []}
+        for _ in range(3):
+            for kind, payload in (("gpu", body), ("plain", plain)):
+                results = concurrent_creates(str(stack.gateway_socket), payload, clients)
+                lat[kind] += [t for t, _ in results]
+                stack.remove_all_containers()
+                time.sleep(0.3)
+        p99 = {k: sorted(v)[max(0, int(len(v) * 0.99) - 1)] for k, v in lat.items()}
+        print(
+            f"  create latency at {clients:2d} concurrent clients, p99: GPU create {p99['gpu'] * 1000:.0f} ms vs "
+            f"plain create {p99['plain'] * 1000:.0f} ms (x{p99['gpu'] / p99['plain']:.2f})"
+        )
+
+
+def bench_reconcile(plain: PrivateDockerd, count: int) -> None:
+    print(f"Reconcile from labels ({count} created, not started, containers):")
+    labels = [
+        "--label",
+        "ds01.user=bench",
+        "--label",
+        "ds01.devices=MIG-1a2b3c4d-0000-0000-0000-000000000000",
+    ]
+
+    async def create_all() -> None:
+        docker = DockerClient(plain.host)
+        sem = asyncio.Semaphore(8)
+
+        async def one(i: int) -> None:
+            async with sem:
+                await docker.request(
+                    "POST",
+                    "/containers/create",
+                    body={
+                        "Image": IMAGE,
+                        "Cmd": ["true"],
+                        "Labels": {
+                            "ds01.user": "bench",
+                            "ds01.uid": "0",
+                            "ds01.devices": "MIG-1a2b3c4d-0000-0000-0000-000000000000"
+                            if i == 0
+                            else "",
+                        },
+                    },
+                )
+
+        await asyncio.gather(*(one(i) for i in range(count)))
+        await docker.close()
+
+    del labels
+    started = time.perf_counter()
+    asyncio.run(create_all())
+    print(f"  ({count} containers created in {time.perf_counter() - started:.0f} s)")
+
+    async def reconcile() -> float:
+        docker = DockerClient(plain.host)
+        doc = parse_policy(POLICY)
+        broker = GpuBroker(
+            Ledger(load_inventory_file(str(REPO / "config/inventory.example.yaml"))),
+            limits_for=lambda u, uid: resolve(doc, Identity(uid=uid, user=u)),
+            clock=time.time,
+        )
+        start = time.perf_counter()
+        broker.rebuild(await container_summaries(docker), time.time())
+        took = time.perf_counter() - start
+        await docker.close()
+        return took
+
+    took = statistics.median([asyncio.run(reconcile()) for _ in range(3)])
+    list_only = statistics.median([timed(cli(plain.host, "ps", "-aq")) for _ in range(3)])
+    print(
+        f"  rebuild the ledger: {took * 1000:.0f} ms (docker ps -aq of the same containers: "
+        f"{list_only * 1000:.0f} ms, x{took / list_only:.2f})"
+    )
+
+
+def main() -> int:
+    if os.geteuid() != 0:
+        print("make bench must run as root (it starts private dockerds)")
+        return 2
+    print("== AuthZ plugin ==")
+    bench_authz.report(asyncio.run(bench_authz.main()))
+    base = Path(tempfile.mkdtemp(prefix="ds01bench-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    stack = Ds01Stack(base / "s", POLICY)
+    plain = PrivateDockerd(base / "p")
+    noop_socket = str(base / "noop.sock")
+    noop_plugin = multiprocessing.get_context("fork").Process(
+        target=bench_authz.serve, args=("allow_all", noop_socket), daemon=True
+    )
+    noop = PrivateDockerd(base / "n", authz_plugin="ds01noop")
+    try:
+        stack.start()
+        plain.start()
+        noop_plugin.start()
+        asyncio.run(bench_authz.wait_for(noop_socket))
+        write_plugin_spec("ds01noop", noop_socket)
+        noop.start()
+        import_busybox_image(plain.host, IMAGE)
+        print("\n== Docker through DS01 ==")
+        bench_docker(stack, plain, noop, base)
+        stack.remove_all_containers()
+        print()
+        bench_allocation(stack)
+        print()
+        bench_reconcile(plain, int(os.environ.get("DS01_BENCH_CONTAINERS", "1000")))
+    finally:
+        noop.stop()
+        remove_plugin_spec("ds01noop")
+        noop_plugin.terminate()
+        plain.stop()
+        stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
