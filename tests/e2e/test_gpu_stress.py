@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import tempfile
 import threading
 import time
@@ -21,6 +20,7 @@ import pytest
 from tests.harness.fake_nvidia_hook import read_hook_records
 from tests.harness.users import ensure_user
 from tests.stack.ds01 import IMAGE, Ds01Stack
+from tests.stack.rawhttp import request as http
 
 pytestmark = [pytest.mark.docker, pytest.mark.e2e]
 
@@ -54,41 +54,6 @@ CREATE = json.dumps(
         "HostConfig": {"DeviceRequests": [{"Driver": "", "Count": 1, "Capabilities": [["gpu"]]}]},
     }
 ).encode()
-
-
-def http(sock_path: str, method: str, path: str, body: bytes = b"") -> tuple[int, dict]:
-    """One request on its own connection (so SO_PEERCRED names this process's user)."""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(120)
-        s.connect(sock_path)
-        head = (
-            f"{method} {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-        )
-        s.sendall(head.encode() + body)
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    head_text, _, payload = data.partition(b"\r\n\r\n")
-    status = int(head_text.split()[1])
-    if b"chunked" in head_text.lower():
-        payload = _dechunk(payload)
-    try:
-        return status, json.loads(payload) if payload.strip() else {}
-    except ValueError:
-        return status, {"raw": payload.decode(errors="replace")}
-
-
-def _dechunk(data: bytes) -> bytes:
-    out = b""
-    while data:
-        size_line, _, rest = data.partition(b"\r\n")
-        size = int(size_line.split(b";")[0] or b"0", 16)
-        if size == 0:
-            break
-        out += rest[:size]
-        data = rest[size + 2 :]
-    return out
 
 
 def burst_as(user: str, sock_path: str, n: int) -> int:
