@@ -1,0 +1,158 @@
+"""The GPU broker: the ledger driven by creates, waits, starts, events and preemption."""
+
+from __future__ import annotations
+
+import asyncio
+
+from allocator.ledger import Ledger, Reservation
+from allocator.request import GpuRequest
+from authz_plugin.gpus import GpuBroker
+from policy.decision import Decision
+from policy.identity import Identity
+from tests.unit.allocator.alloc_helpers import GPU2, GPU3, NOW, example_inventory, limits
+
+RESEARCHER = {"allow_full_gpu": True, "max_gpus": 2, "max_mig_instances": 0}
+
+
+def who(name: str, uid: int = 1000) -> Identity:
+    return Identity(uid=uid, user=name)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def broker(**kw) -> tuple[GpuBroker, list[tuple[str, str]]]:
+    stopped: list[tuple[str, str]] = []
+
+    async def stop(container_id: str, why: str) -> None:
+        stopped.append((container_id, why))
+
+    table = {
+        "low": limits("low", priority=10, **RESEARCHER, **kw),
+        "high": limits("high", priority=50, preempt_idle=True, **RESEARCHER, **kw),
+        "mid": limits("mid", priority=30, gpu_wait=30, **RESEARCHER, **kw),
+    }
+    b = GpuBroker(
+        Ledger(example_inventory()),
+        limits_for=lambda u, uid: table[u],
+        clock=Clock(),
+        stop_container=stop,
+    )
+    b.table = table  # type: ignore[attr-defined]
+    return b, stopped
+
+
+async def take_both_whole_gpus(b: GpuBroker, user: str = "low") -> list[str]:
+    ids = []
+    for n in range(2):
+        res = await b.reserve(who(user), b.table[user], GpuRequest(count=1), {}, NOW)  # type: ignore[attr-defined]
+        assert isinstance(res, Reservation), res
+        b.bind(res, f"{user}-c{n}")
+        ids.append(f"{user}-c{n}")
+    return ids
+
+
+async def test_full_server_refusal_says_how_to_wait():
+    """Without a wait, a create on a full server is refused at once, with the queue hint."""
+    b, _ = broker()
+    await take_both_whole_gpus(b)
+    outcome = await b.reserve(
+        who("mid"), b.table["mid"], GpuRequest(count=1), {"Labels": {"ds01.wait": "0s"}}, NOW
+    )
+    assert isinstance(outcome, Decision) and not outcome.allowed
+    assert outcome.code == "no_capacity" and outcome.status == 409
+
+
+async def test_waiting_create_gets_the_device_freed_by_a_destroy():
+    """A create waiting in the queue is served as soon as a holder is removed."""
+    b, _ = broker()
+    holders = await take_both_whole_gpus(b)
+    waiter = asyncio.create_task(
+        b.reserve(who("mid"), b.table["mid"], GpuRequest(count=1), {}, NOW)
+    )
+    await asyncio.sleep(0.01)
+    assert len(b.queue) == 1
+    b.container_destroyed(holders[0])
+    granted = await asyncio.wait_for(waiter, 1)
+    assert isinstance(granted, Reservation) and granted.device_ids == (GPU2,)
+    assert len(b.queue) == 0
+
+
+async def test_higher_priority_waiter_is_served_first():
+    """Freed devices go to waiting requests by priority, then by waiting time."""
+    b, _ = broker()
+    b.table["low"] = limits("low", priority=10, gpu_wait=30, **RESEARCHER)  # type: ignore[attr-defined]
+    holders = await take_both_whole_gpus(b, "mid")
+    first = asyncio.create_task(b.reserve(who("low"), b.table["low"], GpuRequest(count=1), {}, NOW))
+    await asyncio.sleep(0.01)
+    b.table["high"] = limits("high", priority=50, gpu_wait=30, **RESEARCHER)  # type: ignore[attr-defined]
+    second = asyncio.create_task(
+        b.reserve(who("high"), b.table["high"], GpuRequest(count=1), {}, NOW)
+    )
+    await asyncio.sleep(0.01)
+    b.container_destroyed(holders[0])
+    await asyncio.sleep(0.01)
+    assert second.done() and isinstance(second.result(), Reservation)
+    assert not first.done()
+    first.cancel()
+
+
+async def test_idle_lower_priority_container_is_preempted():
+    """With preempt_idle, a higher-priority create takes an idle device; its owner is stopped."""
+    b, stopped = broker()
+    holders = await take_both_whole_gpus(b)
+    b.idle = {holders[1]}
+    outcome = await b.reserve(
+        who("high"), b.table["high"], GpuRequest(count=1), {"Labels": {"ds01.wait": "0s"}}, NOW
+    )
+    assert isinstance(outcome, Reservation), outcome
+    assert outcome.device_ids == (GPU3,)
+    assert stopped and stopped[0][0] == holders[1] and "idle" in stopped[0][1]
+
+
+async def test_busy_containers_are_not_preempted():
+    """Nothing idle: the higher-priority request is refused, nobody is stopped."""
+    b, stopped = broker()
+    await take_both_whole_gpus(b)
+    outcome = await b.reserve(
+        who("high"), b.table["high"], GpuRequest(count=1), {"Labels": {"ds01.wait": "0s"}}, NOW
+    )
+    assert isinstance(outcome, Decision) and not stopped
+
+
+async def test_start_reacquires_or_names_the_holder():
+    """A stopped container's devices go back to it on start, unless someone else has them."""
+    b, _ = broker(gpu_hold_after_stop=0)
+    holders = await take_both_whole_gpus(b)
+    b.container_died(holders[0], NOW)  # hold 0: released now
+    assert b.ledger.allocation_of(holders[0]) is None
+    other = await b.reserve(who("mid"), b.table["mid"], GpuRequest(count=1), {}, NOW)
+    assert isinstance(other, Reservation) and other.device_ids == (GPU2,)
+    b.bind(other, "mid-c")
+    info = {
+        "Id": holders[0],
+        "Config": {"Labels": {"ds01.user": "low", "ds01.uid": "1000", "ds01.devices": GPU2}},
+    }
+    refused = await b.guard_start(info, who("low"), NOW)
+    assert refused is not None and "mid's container mid-c" in refused.reason
+    b.container_destroyed("mid-c")
+    assert await b.guard_start(info, who("low"), NOW) is None
+    assert b.ledger.holder_of(GPU2).container_id == holders[0]
+
+
+async def test_unlabelled_start_on_a_held_device_is_refused():
+    """A container created around DS01 may not start on a device DS01 gave someone."""
+    b, _ = broker()
+    await take_both_whole_gpus(b)
+    info = {
+        "Id": "sneaky",
+        "Config": {"Labels": {}},
+        "HostConfig": {"DeviceRequests": [{"Driver": "nvidia", "DeviceIDs": [GPU2]}]},
+    }
+    refused = await b.guard_start(info, who("root", 0), NOW)
+    assert refused is not None and refused.code == "device_busy"
