@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -325,3 +326,36 @@ def test_ds01_limits_and_ps_as_the_user(clean):
     assert [c["name"] for c in ps["containers"]] == ["lim"]
     assert "for admins" in clean.ds01("users", user=ALICE).stderr
     assert ALICE in ok(clean.ds01("users", user=DANA))
+
+
+def test_events_show_only_your_own_containers(clean):
+    """`docker events` through the gateway carries only the caller's container events."""
+    since = str(int(time.time()) - 1)
+    ok(clean.docker("run", "--rm", "--name", "ev-a", IMAGE, "true", user=ALICE))
+    ok(clean.docker("run", "--rm", "--name", "ev-b", IMAGE, "true", user=BOB))
+    until = str(int(time.time()) + 1)
+    events = ok(
+        clean.docker(
+            "events",
+            "--since",
+            since,
+            "--until",
+            until,
+            "--format",
+            "{{.Actor.Attributes.name}}",
+            user=ALICE,
+        )
+    ).split()
+    assert "ev-a" in events and "ev-b" not in events
+
+
+def test_save_load_and_export_stream_through(clean, tmp_path):
+    """`docker save | docker load` and `docker export` relay their tar streams."""
+    home = f"/home/{ALICE}"
+    ok(clean.docker("save", "-o", f"{home}/img.tar", IMAGE, user=ALICE))
+    ok(clean.docker("tag", IMAGE, "e2e-loaded:1", user=ALICE))
+    ok(clean.docker("rmi", "e2e-loaded:1", user=ALICE))
+    assert "Loaded image" in ok(clean.docker("load", "-i", f"{home}/img.tar", user=ALICE))
+    ok(clean.docker("create", "--name", "exp", IMAGE, "true", user=ALICE))
+    ok(clean.docker("export", "-o", f"{home}/exp.tar", "exp", user=ALICE))
+    assert os.path.getsize(f"{home}/exp.tar") > 500_000
