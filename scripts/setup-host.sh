@@ -51,11 +51,13 @@ fi
 have docker || log "WARNING: no docker CLI on PATH"
 
 # Tools the tests drive: curl (raw API calls), promtool (checks the Grafana dashboard's
-# queries), node/npm for the real Dev Containers CLI.
+# queries), node/npm for the real Dev Containers CLI, Debian's docker-compose (Compose v1 on
+# docker-py; Compose v2 is not packaged in the registries this project can reach).
 extra=()
 have curl || extra+=(curl)
 have promtool || extra+=(prometheus)
 have npm || extra+=(nodejs npm)
+have docker-compose || extra+=(docker-compose)
 if [ "${#extra[@]}" -gt 0 ]; then
     log "installing ${extra[*]}"
     apt_install "${extra[@]}"
