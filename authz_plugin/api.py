@@ -69,6 +69,8 @@ class Api:
                 return 200, await self.why(identity, limits, parts[1])
             if method == "POST" and parts[0] == "keepalive" and len(parts) == 2:
                 return 200, await self.keepalive(identity, limits, parts[1])
+            if method == "GET" and name == "slices":
+                return 200, self.slices(identity, limits)
             if method == "GET" and name == "users":
                 self._admin(limits, "ds01 users")
                 return 200, await self.users()
@@ -267,6 +269,19 @@ class Api:
             row["max_containers"] = limits.max_containers
             row["max_gpu_equivalents"] = limits.max_gpu_equivalents
         return {"users": sorted(by_user.values(), key=lambda r: r["user"])}
+
+    def slices(self, identity: Identity, limits: Limits) -> dict[str, Any]:
+        """Each user's aggregate limits as the policy says and as the kernel holds them."""
+        cgroups = self.service.cgroups
+        if cgroups is None:
+            raise ApiError(
+                503, "ds01: per-user cgroups are not managed on this server (--no-cgroups)"
+            )
+        users = [] if limits.is_admin else [identity.user]
+        rows = cgroups.report(
+            users, lambda user: self.service.policy.limits(Identity(uid=None, user=user))
+        )
+        return {"slices": rows}
 
     def events(self, n: int, since: str | None) -> dict[str, Any]:
         audit = getattr(self.service.recorder, "audit", None)

@@ -375,6 +375,35 @@ def cmd_keepalive(args: argparse.Namespace) -> int:
     return _emit(args, data, lambda d: f"{_short(d['container'])} kept alive")
 
 
+def cmd_slices(args: argparse.Namespace) -> int:
+    data = api("GET", "slices")
+
+    def render(d: dict[str, Any]) -> str:
+        def used(value: Any, unit: str = "") -> str:
+            return "-" if value is None else f"{value}{unit}"
+
+        rows = []
+        for row in d["slices"]:
+            agg, use, kernel = row["aggregate"], row["usage"], row["kernel"]
+            memory = "-" if use.get("memory") is None else show_value("memory", use["memory"])
+            rows.append(
+                [
+                    row["user"],
+                    f"{memory} / {show_value('memory', agg.get('memory'))}",
+                    f"{used(use.get('pids'))} / {agg.get('pids') or 'unlimited'}",
+                    f"{used(use.get('cpu_seconds'), 's')} used, {agg.get('cpus') or 'unlimited'} cpus",
+                    " ".join(f"{k}={v}" for k, v in kernel.items()),
+                ]
+            )
+        return (
+            table(rows, ["USER", "MEMORY", "TASKS", "CPU", "KERNEL"])
+            if rows
+            else "no user cgroups yet"
+        )
+
+    return _emit(args, data, render)
+
+
 def cmd_users(args: argparse.Namespace) -> int:
     data = api("GET", "users")
 
@@ -578,6 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
     ).add_argument("container")
     command("gpus", cmd_gpus, "every GPU and MIG device, who holds it since when, and the queue")
     command("users", cmd_users, "every user's containers and GPU use (admins)")
+    command(
+        "slices", cmd_slices, "each user's aggregate CPU, memory and task limits and current use"
+    )
     command(
         "status",
         cmd_status,

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import pwd
 import signal
 import sys
 import time
@@ -22,6 +23,7 @@ from policy.loader import PolicyError
 
 from .audit import AuditLog
 from .authz import plugin_app
+from .cgroups import CgroupfsManager, SystemdSliceManager, UserCgroups
 from .dcgm_mapping import JobMappingDir
 from .docker_client import DockerClient, socket_path
 from .events import EventWatcher
@@ -113,10 +115,12 @@ class Daemon:
             self.broker.ledger, len(self.broker.queue)
         )
         self.broker.record = self.recorder.event
+        self.cgroups = None if args.no_cgroups else self._cgroups(args)
         self.service = Service(
             self.policy,
             self.docker,
             gpus=self.broker,
+            cgroups=self.cgroups,
             recorder=self.recorder,
             cgroup_driver=args.cgroup_driver or self.policy.cgroup_driver,
             protected_paths=self._protected_paths(),
@@ -126,6 +130,12 @@ class Daemon:
         self.runners: list[web.AppRunner] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.gateway = None
+
+    def _cgroups(self, args: argparse.Namespace) -> UserCgroups:
+        driver = args.cgroup_driver or self.policy.cgroup_driver
+        if driver == "systemd":
+            return UserCgroups(SystemdSliceManager())
+        return UserCgroups(CgroupfsManager())
 
     def _policy_reloaded(self, ok: bool, detail: str) -> None:
         self.metrics.record_policy_reload(ok)
@@ -138,12 +148,18 @@ class Daemon:
         )
         if ok:
             self.metrics.set_policy(self.policy.document.source, detail)
+            if getattr(self, "cgroups", None) is not None:  # new limits, containers keep running
+                self.cgroups.refresh(lambda user: self._limits_for(user, None))
 
     def _limits_for(self, user: str, uid: int | None) -> Limits:
-        identity = identity_for_uid(uid) if uid is not None else Identity(uid=None, user=user)
-        if identity.user != user:  # the uid was reused: trust the recorded name
-            identity = Identity(uid=uid, user=user)
-        return self.policy.limits(identity)
+        """The limits of a user known by name (and uid, from container labels)."""
+        try:
+            entry = pwd.getpwuid(uid) if uid is not None else pwd.getpwnam(user)
+        except KeyError:
+            return self.policy.limits(Identity(uid=uid, user=user))
+        if entry.pw_name != user:  # the uid was reused: trust the recorded name
+            return self.policy.limits(Identity(uid=uid, user=user))
+        return self.policy.limits(identity_for_uid(entry.pw_uid))
 
     async def _stop_container(self, container_id: str, why: str) -> None:
         log.warning("stopping %s: %s", container_id[:12], why)

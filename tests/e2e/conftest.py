@@ -23,6 +23,7 @@ defaults:
   pids_limit: 512
   max_containers: 8
   gpu_hold_after_stop: 0
+  aggregate: {cpus: 2, memory: 2g, pids: 1000}
   bind_mounts: ["{home}"]
 groups:
   students:

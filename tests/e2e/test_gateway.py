@@ -359,3 +359,17 @@ def test_save_load_and_export_stream_through(clean, tmp_path):
     ok(clean.docker("create", "--name", "exp", IMAGE, "true", user=ALICE))
     ok(clean.docker("export", "-o", f"{home}/exp.tar", "exp", user=ALICE))
     assert os.path.getsize(f"{home}/exp.tar") > 500_000
+
+
+def test_users_parent_cgroup_carries_the_aggregate_limits(clean):
+    """The first create makes /ds01/<user> with the policy's aggregate limits, read back from
+    the kernel; `ds01 slices` shows them to the user."""
+    from authz_plugin.cgroups import CgroupfsManager
+
+    ok(clean.docker("run", "-d", "--name", "agg", IMAGE, "sleep", "300", user=ALICE))
+    kernel = CgroupfsManager().limits(ALICE)
+    assert kernel["memory.limit_in_bytes"] == str(2 * 2**30) and kernel["pids.max"] == "1000"
+    assert kernel["cpu.cfs_quota_us"] == "200000"
+    slices = json.loads(ok(clean.ds01("slices", "--json", user=ALICE)))["slices"]
+    assert [s["user"] for s in slices] == [ALICE]
+    assert slices[0]["usage"]["pids"] >= 1
