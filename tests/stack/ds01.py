@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -34,6 +35,18 @@ def _wait_for_socket(
             raise RuntimeError(f"ds01d exited ({proc.returncode}): {log.read_text()[-2000:]}")
         time.sleep(0.05)
     raise RuntimeError(f"ds01d did not create {path}: {log.read_text()[-2000:]}")
+
+
+def make_reachable_by_test_users(path: Path) -> None:
+    """Let other Unix users traverse to the checkout (its venv and code) and run it.
+
+    Only the search (x) bit is added, to directories on the way that lack it: a checkout in a
+    private directory would otherwise make every as-a-user test fail on permissions.
+    """
+    for directory in [path, *path.parents]:
+        mode = directory.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            os.chmod(directory, mode | stat.S_IXOTH)
 
 
 def user_python() -> str:
@@ -80,6 +93,7 @@ class Ds01Stack:
         return Path(default_record_path(self.hook_dir))
 
     def start(self) -> Ds01Stack:
+        make_reachable_by_test_users(REPO)
         install_fake_hook(str(self.hook_dir))
         self.start_ds01d()
         write_plugin_spec(self.plugin_name, str(self.plugin_socket))
