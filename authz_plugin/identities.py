@@ -6,6 +6,8 @@ import grp
 import os
 import pwd
 import re
+import time
+from collections.abc import Callable
 
 from policy.identity import Channel, Identity
 
@@ -35,6 +37,26 @@ def identity_for_uid(uid: int) -> Identity:
         home=entry.pw_dir,
         channel=Channel.GATEWAY,
     )
+
+
+class IdentityCache:
+    """``identity_for_uid`` remembered for a few seconds: NSS lookups (and group lists) cost
+    more than the rest of a decision. Keyed by uid only, never by pid, which is reused."""
+
+    def __init__(self, ttl: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl, self.clock = ttl, clock
+        self._cache: dict[int, tuple[float, Identity]] = {}
+
+    def __call__(self, uid: int) -> Identity:
+        now = self.clock()
+        hit = self._cache.get(uid)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        identity = identity_for_uid(uid)
+        self._cache[uid] = (now, identity)
+        return identity
 
 
 def container_of_pid(pid: int, proc: str = "/proc") -> str | None:

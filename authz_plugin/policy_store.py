@@ -24,6 +24,7 @@ class PolicyStore:
         self.path = path
         self._on_reload = on_reload or (lambda ok, detail: None)
         self._mtime: float | None = None
+        self._limits: dict[Identity, Limits] = {}  # resolved once per identity and policy
         self.document, self.sha256 = self._read()  # the first load must succeed: fail to start
 
     def _read(self) -> tuple[PolicyDocument, str]:
@@ -45,6 +46,7 @@ class PolicyStore:
             self._on_reload(False, str(exc))
             return False
         self.document, self.sha256 = document, sha
+        self._limits = {}
         log.info("policy reloaded from %s (sha256 %s)", document.source, sha[:12])
         self._on_reload(True, sha)
         return True
@@ -58,7 +60,12 @@ class PolicyStore:
             return False
 
     def limits(self, identity: Identity) -> Limits:
-        return resolve(self.document, identity)
+        limits = self._limits.get(identity)
+        if limits is None:
+            if len(self._limits) > 10_000:  # uids come and go; never grow without bound
+                self._limits.clear()
+            limits = self._limits[identity] = resolve(self.document, identity)
+        return limits
 
     @property
     def cgroup_driver(self) -> str:

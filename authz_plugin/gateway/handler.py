@@ -24,7 +24,7 @@ from policy.strict_json import dumps_canonical
 from ..api import PREFIX as API_PREFIX
 from ..api import Api
 from ..docker_client import DockerError
-from ..identities import container_of_pid, identity_for_uid
+from ..identities import IdentityCache, container_of_pid
 from ..service import Service
 from ..tickets import TOKEN_HEADER
 from .types import Forward, PeerCred, Reply, RequestHead
@@ -49,6 +49,7 @@ class GatewayHandler:
     def __init__(self, service: Service, proc: str = "/proc", lifecycle: Any = None) -> None:
         self.service = service
         self.proc = proc
+        self.identity_for_uid = IdentityCache()
         self.api = Api(service, lifecycle)
 
     def body_limit(self, peer: PeerCred, head: RequestHead) -> int | None:
@@ -63,11 +64,11 @@ class GatewayHandler:
         """The user behind a connection: its uid, or the owner of the container it runs in."""
         container = container_of_pid(peer.pid, self.proc)
         if container is None:
-            return identity_for_uid(peer.uid)
+            return self.identity_for_uid(peer.uid)
         info = await self.service.docker.inspect_container(container)
         labels = ((info or {}).get("Config") or {}).get("Labels") or {}
         try:
-            return identity_for_uid(int(labels[LABEL_UID]))
+            return self.identity_for_uid(int(labels[LABEL_UID]))
         except (KeyError, ValueError):
             owner = labels.get(LABEL_USER)
             return Identity(uid=None, user=owner or f"container:{container[:12]}")
