@@ -119,6 +119,11 @@ class GatewayHandler:
         if refusal is not None:
             return deny_reply(refusal)
         token = self.service.tickets.issue(identity, head.method, target, new_body)
+        if new_body is not None:
+            # dockerd shows a body to its plugins only when it is labelled JSON; label every
+            # body we approved, so the plugin's check sees exactly what dockerd executes.
+            headers = tuple((k, v) for k, v in headers if k.lower() != "content-type")
+            headers = (*headers, ("Content-Type", "application/json"))
         headers = (*headers, (TOKEN_HEADER, token))
 
         async def closed(ok: bool) -> None:

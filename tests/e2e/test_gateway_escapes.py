@@ -178,3 +178,13 @@ def test_malformed_requests_get_an_error_and_others_are_still_served(clean):
         clean.docker("run", "--rm", IMAGE, "echo", "still serving", user=BOB).stdout.strip()
         == "still serving"
     )
+
+
+def test_create_without_content_type_still_works(clean):
+    """A JSON body sent without Content-Type (dockerd accepts it) is labelled by the gateway,
+    so the plugin sees and checks it."""
+    data = json.dumps(BASE).encode()
+    status, answer = as_user(
+        ALICE, lambda: request(str(clean.gateway_socket), "POST", CREATE, data, {})
+    )
+    assert status == 201, answer

@@ -33,9 +33,8 @@ def request(
                 "Connection: close",
                 f"Content-Length: {len(body)}",
             ]
-            lines += [
-                f"{k}: {v}" for k, v in (headers or {"Content-Type": "application/json"}).items()
-            ]
+            given = headers if headers is not None else {"Content-Type": "application/json"}
+            lines += [f"{k}: {v}" for k, v in given.items()]
             raw = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
         s.sendall(raw)
         data = b""
