@@ -364,7 +364,9 @@ def _apply_resources(
         host["MemorySwap"] = host["Memory"]
     _cap_int(host, "ShmSize", limits.shm_size, "--shm-size", group, changes, format_size)
     _cap_int(host, "PidsLimit", limits.pids_limit, "--pids-limit", group, changes, str)
-    _cap_cpus(host, limits.max_cpus, group, changes, host_cpus)
+    # One container can never use more than the user's whole aggregate (v1 refuses it).
+    caps = [c for c in (limits.max_cpus, limits.agg("cpus")) if c is not None]
+    _cap_cpus(host, min(caps) if caps else None, group, changes, host_cpus)
 
 
 def _cap_int(host, key, cap, flag, group, changes, fmt) -> None:

@@ -149,7 +149,15 @@ class GatewayHandler:
         body: dict[str, Any] = decision.body or {}
         service = self.service
         if service.cgroups is not None and not limits.is_admin:
-            await service.cgroups.ensure(identity, limits)
+            for warning in await service.cgroups.ensure(identity, limits) or ():
+                # dockerd would still create the parent (without limits): say so in the record
+                service.recorder.event(
+                    "cgroup_warning",
+                    user=identity.user,
+                    uid=identity.uid,
+                    result="warn",
+                    reason=warning,
+                )
         await self._create_named_volumes(body, identity)
         devices: list[str] = []
         gpueq = 0.0

@@ -30,3 +30,17 @@ def test_asked_values_within_the_cap_are_kept(limits_of):
 def test_unlimited_requests_get_the_policy_value(limits_of):
     """-1 (unlimited) for pids is replaced by the per-container limit."""
     assert host_config(limits_of, ALICE, State(), PidsLimit=-1)["PidsLimit"] == 2048
+
+
+def test_cpus_never_exceed_the_users_aggregate():
+    """A container may not ask for more CPUs than all the user's containers together may use."""
+    from policy.limits import resolve
+    from policy.loader import parse_policy
+
+    doc = parse_policy("defaults:\n  max_cpus: 4\n  aggregate: {cpus: 1}\n")
+    limits = resolve(doc, ALICE)
+    refused = decide(create_request(cli_create_body(NanoCpus=2 * 10**9)), ALICE, limits, State())
+    assert not refused.allowed and refused.code == "max_cpus"
+    assert "--cpus 2 is over the per-container limit of 1 CPUs" in refused.message
+    default = decide(create_request(cli_create_body()), ALICE, limits, State(host_cpus=8))
+    assert default.body["HostConfig"]["NanoCpus"] == 10**9
