@@ -81,7 +81,6 @@ _ADMIN_ONLY_PREFIXES = (
 )
 _ADMIN_ONLY = {"/system/df", "/images/prune", "/build/prune", "/networks/prune"}
 
-_CONTAINER_ROUTES_ON_ID = "/containers/{id}"
 _ADMIN_FIX = "ask an admin of this server"
 
 
