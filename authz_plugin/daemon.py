@@ -29,6 +29,7 @@ from .docker_client import DockerClient, socket_path
 from .events import EventWatcher
 from .gpus import GpuBroker
 from .identities import identity_for_uid
+from .lifecycle import Lifecycle
 from .metrics import Metrics, serve_metrics
 from .policy_store import PolicyStore
 from .recorder import Recorder
@@ -127,6 +128,15 @@ class Daemon:
             realpath=os.path.realpath,
         )
         self.events = EventWatcher(self.docker, self.broker, time.time)
+        self.lifecycle = Lifecycle(
+            self.docker,
+            self.policy,
+            self.broker,
+            audit=self.audit,
+            metrics=self.metrics,
+            dry_run=args.dry_run,
+            limits_for=self._limits_for,
+        )
         self.runners: list[web.AppRunner] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.gateway = None
@@ -187,7 +197,8 @@ class Daemon:
             from .gateway.handler import GatewayHandler
             from .gateway.proxy import Gateway
 
-            self.gateway = Gateway(GatewayHandler(self.service), socket_path(self.args.docker_host))
+            handler = GatewayHandler(self.service, lifecycle=self.lifecycle)
+            self.gateway = Gateway(handler, socket_path(self.args.docker_host))
             await self.gateway.start(self.args.gateway_socket, mode=int(self.args.gateway_mode, 8))
             log.info(
                 "gateway listening on %s -> %s", self.args.gateway_socket, self.args.docker_host
@@ -199,6 +210,7 @@ class Daemon:
         self.tasks.append(asyncio.create_task(self._watch_policy()))
         self.tasks.append(asyncio.create_task(self.events.follow()))
         self.tasks.append(asyncio.create_task(self.events.periodic()))
+        self.tasks.append(asyncio.create_task(self.lifecycle.run()))
 
     async def _watch_policy(self) -> None:
         while not self.stopping.is_set():
@@ -213,6 +225,7 @@ class Daemon:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.lifecycle.drain()  # stops and removals already under way finish
         if self.gateway is not None:
             await self.gateway.stop()
         for runner in self.runners:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -148,7 +149,10 @@ class PrivateDockerd:
         self._socket_path = self.base / "docker.sock"
         # Own containerd namespace: if a system containerd is running, dockerd 20.10 uses it
         # instead of spawning its own, and daemons sharing "moby" would see each other.
-        self.containerd_namespace = f"ds01-{self.base.name}"
+        # containerd names must start and end with a letter or digit (mkdtemp's may end in "_").
+        self.containerd_namespace = "ds01-" + re.sub(r"[^A-Za-z0-9]+", "-", self.base.name).strip(
+            "-"
+        )
         self._proc: subprocess.Popen[bytes] | None = None
         if len(os.fspath(self._socket_path)) >= MAX_SOCKET_PATH:
             raise ValueError(f"base dir too long for a unix socket path: {self._socket_path}")
