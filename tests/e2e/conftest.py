@@ -13,6 +13,7 @@ from tests.stack.ds01 import Ds01Stack
 POLICY = """
 unknown_users: allow
 direct_access: allow
+sample_interval: 2s
 defaults:
   priority: 10
   max_gpus: 0

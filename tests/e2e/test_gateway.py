@@ -373,3 +373,17 @@ def test_users_parent_cgroup_carries_the_aggregate_limits(clean):
     slices = json.loads(ok(clean.ds01("slices", "--json", user=ALICE)))["slices"]
     assert [s["user"] for s in slices] == [ALICE]
     assert slices[0]["usage"]["pids"] >= 1
+
+
+def test_ds01_ps_shows_runtime_and_the_next_stop(clean):
+    """After a lifecycle sample, `ds01 ps` shows each container's runtime and idle time."""
+    ok(clean.docker("run", "-d", "--name", "life", IMAGE, "sleep", "300", user=ALICE))
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        rows = json.loads(ok(clean.ds01("ps", "--json", user=ALICE)))["containers"]
+        life = rows[0].get("lifecycle") or {}
+        if life.get("runtime_seconds") is not None:
+            break
+        time.sleep(0.5)
+    assert life["runtime_seconds"] >= 0 and life["idle_seconds"] is not None
+    assert "RUNTIME" in ok(clean.ds01("ps", user=ALICE))
