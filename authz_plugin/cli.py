@@ -655,6 +655,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["doctor"]:  # its own options (socket paths) go to doctor's parser
+        from .doctor import doctor
+
+        return doctor(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -58,6 +58,7 @@ have curl || extra+=(curl)
 have promtool || extra+=(prometheus)
 have npm || extra+=(nodejs npm)
 have docker-compose || extra+=(docker-compose)
+have systemd-analyze || extra+=(systemd)
 if [ "${#extra[@]}" -gt 0 ]; then
     log "installing ${extra[*]}"
     apt_install "${extra[@]}"

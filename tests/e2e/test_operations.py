@@ -176,3 +176,26 @@ def test_admin_commands_against_the_running_daemon(ops):
     why = json.loads(ops.ds01("why", "st", "--json", user=USER).stdout)
     assert {e["event"] for e in why["events"]} >= {"created", "allocate"}
     assert ops.ds01("why", "st", user=ADMIN).returncode == 0
+
+
+def test_doctor_on_a_running_deployment(ops):
+    """`ds01 doctor` finds the gateway, the plugin and the policy; a socket in group docker is
+    reported with its fix."""
+    result = ops.ds01(
+        "doctor",
+        "--gateway-socket",
+        str(ops.gateway_socket),
+        "--docker-host",
+        ops.dockerd.host,
+        "--plugin-socket",
+        str(ops.plugin_socket),
+        "--plugin-name",
+        ops.plugin_name,
+        "--policy",
+        str(ops.policy_file),
+    )
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("ok ") and "gateway" in line for line in lines), result.stdout
+    assert any(line.startswith("ok ") and "AuthZ plugin" in line for line in lines), result.stdout
+    assert any(line.startswith("ok ") and "policy" in line for line in lines), result.stdout
+    assert result.returncode in (0, 1)
