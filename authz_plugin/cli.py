@@ -15,21 +15,13 @@ import time
 from typing import Any
 
 from policy.identity import Identity
-from policy.limits import BUILTIN_DEFAULTS, resolve
+from policy.limits import BUILTIN_DEFAULTS, DURATION_KEYS, SIZE_KEYS, resolve
 from policy.loader import PolicyDocument, PolicyError, default_policy_text, parse_policy
 from policy.units import format_duration, format_size
 
 from .identities import identity_for_uid
 
 DEFAULT_POLICY = "/etc/ds01/policy.yaml"
-_SIZES = {"memory", "shm_size"}
-_DURATIONS = {
-    "idle_timeout",
-    "max_runtime",
-    "gpu_hold_after_stop",
-    "container_hold_after_stop",
-    "gpu_wait",
-}
 
 
 class Misuse(Exception):
@@ -53,9 +45,9 @@ def _load(path: str | None) -> PolicyDocument:
 
 
 def show_value(key: str, value: Any) -> str:
-    if key in _SIZES:
+    if key in SIZE_KEYS:
         return format_size(value)
-    if key in _DURATIONS:
+    if key in DURATION_KEYS:
         return format_duration(value)
     if key == "aggregate":
         parts = [
@@ -667,10 +659,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if exc.code not in (0, None) else 0
     try:
         return int(args.func(args))
-    except PolicyError as exc:
-        print(f"ds01: {exc}", file=sys.stderr)
-        return 1
-    except Failure as exc:
+    except (PolicyError, Failure) as exc:
         print(f"ds01: {exc}", file=sys.stderr)
         return 1
     except Misuse as exc:

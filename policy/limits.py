@@ -12,15 +12,18 @@ from .identity import Identity
 from .loader import PolicyDocument
 from .units import parse_duration, parse_size
 
+# Keys given in units (the CLI shows them the same way).
+SIZE_KEYS = frozenset({"memory", "shm_size"})
+DURATION_KEYS = frozenset(
+    {
+        "idle_timeout",
+        "max_runtime",
+        "gpu_hold_after_stop",
+        "container_hold_after_stop",
+        "gpu_wait",
+    }
+)
 # How to combine a key across several groups: the most generous value wins.
-_SIZES = {"memory", "shm_size"}
-_DURATIONS = {
-    "idle_timeout",
-    "max_runtime",
-    "gpu_hold_after_stop",
-    "container_hold_after_stop",
-    "gpu_wait",
-}
 _UNLIMITED_IS_NONE = {
     "max_gpus",
     "max_mig_instances",
@@ -99,9 +102,9 @@ class Limits:
 
 
 def _normalise(key: str, value: Any) -> Any:
-    if key in _SIZES:
+    if key in SIZE_KEYS:
         return parse_size(value)
-    if key in _DURATIONS:
+    if key in DURATION_KEYS:
         return parse_duration(value)
     if key == "aggregate":  # only the keys given: the rest are inherited
         return {k: parse_size(v) if k == "memory" else v for k, v in value.items()}
