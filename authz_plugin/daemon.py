@@ -18,6 +18,7 @@ from aiohttp import web
 from allocator.inventory import InventoryError, load_inventory
 from allocator.ledger import Ledger
 from policy.identity import Identity
+from policy.lifecycle import effective, kind_of, settings_from_policy
 from policy.limits import Limits
 from policy.loader import PolicyError
 
@@ -116,6 +117,7 @@ class Daemon:
             self.broker.ledger, len(self.broker.queue)
         )
         self.broker.record = self.recorder.event
+        self.broker.hold_after_stop = self._gpu_hold_after_stop
         self.cgroups = None if args.no_cgroups else self._cgroups(args)
         self.service = Service(
             self.policy,
@@ -170,6 +172,14 @@ class Daemon:
         if entry.pw_name != user:  # the uid was reused: trust the recorded name
             return self.policy.limits(Identity(uid=uid, user=user))
         return self.policy.limits(identity_for_uid(entry.pw_uid))
+
+    def _gpu_hold_after_stop(
+        self, user: str, uid: int | None, labels: dict[str, str]
+    ) -> float | None:
+        settings = settings_from_policy(self.policy.document.data)
+        return effective(self._limits_for(user, uid), settings, kind_of(labels))[
+            "gpu_hold_after_stop"
+        ]
 
     async def _stop_container(self, container_id: str, why: str) -> None:
         log.warning("stopping %s: %s", container_id[:12], why)

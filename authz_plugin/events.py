@@ -64,7 +64,8 @@ class EventWatcher:
         now = self.clock()
         if self.broker is not None and container_id:
             if action == "die":
-                self.broker.container_died(container_id, now)
+                labels = (event.get("Actor") or {}).get("Attributes") or {}
+                self.broker.container_died(container_id, now, labels)
             elif action == "destroy":
                 self.broker.container_destroyed(container_id)
         for listener in self.listeners:

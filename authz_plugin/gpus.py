@@ -65,6 +65,11 @@ class GpuBroker:
         self._waiters: dict[str, asyncio.Future[Reservation | Refusal]] = {}
         self._ids = itertools.count(1)
         self.on_change: Callable[[], None] = lambda: None
+        # How long a stopped container keeps its GPU: the user's gpu_hold_after_stop, unless
+        # the policy's container_types say otherwise for its kind (the daemon sets this).
+        self.hold_after_stop: Callable[[str, int | None, dict[str, str]], float | None] = (
+            lambda user, uid, labels: self.limits_for(user, uid).gpu_hold_after_stop
+        )
         self.record: Callable[..., None] = lambda event, **fields: None  # the audit log
 
     # ---- create ---------------------------------------------------------------------------
@@ -278,11 +283,13 @@ class GpuBroker:
 
     # ---- events and reconcile -------------------------------------------------------------
 
-    def container_died(self, container_id: str, now: float) -> None:
+    def container_died(
+        self, container_id: str, now: float, labels: dict[str, str] | None = None
+    ) -> None:
         alloc = self.ledger.allocation_of(container_id)
         if alloc is None:
             return
-        hold = self.limits_for(alloc.user, alloc.uid).gpu_hold_after_stop
+        hold = self.hold_after_stop(alloc.user, alloc.uid, labels or {})
         after = self.ledger.container_stopped(container_id, now, hold)
         if after is not None and after.state.value == "released":
             self._released(after, "container stopped")

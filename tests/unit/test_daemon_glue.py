@@ -1,0 +1,39 @@
+"""ds01d's glue between policy, allocator and lifecycle (no Docker needed)."""
+
+from __future__ import annotations
+
+from authz_plugin.daemon import Daemon, build_parser
+
+POLICY = """
+defaults:
+  gpu_hold_after_stop: 15m
+container_types:
+  devcontainer:
+    gpu_hold_after_stop: 2h
+"""
+
+
+def test_gpu_hold_after_stop_follows_the_container_type(tmp_path):
+    """A stopped Dev Container keeps its GPU as long as container_types says; others as the user's."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    args = build_parser().parse_args(
+        [
+            "--policy",
+            str(policy),
+            "--inventory",
+            "none",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--docker-host",
+            f"unix://{tmp_path}/none.sock",
+            "--no-cgroups",
+        ]
+    )
+    daemon = Daemon(args)
+    try:
+        assert daemon.broker.hold_after_stop("nobody-x", None, {}) == 900
+        devcontainer = {"devcontainer.local_folder": "/home/x/proj"}
+        assert daemon.broker.hold_after_stop("nobody-x", None, devcontainer) == 7200
+    finally:
+        daemon.audit.close()
