@@ -545,7 +545,7 @@ DEVCONTAINER = {
     "name": "{name}",
     "image": "{image}",
     "runArgs": ["--gpus", "1"],
-    "hostRequirements": {"gpu": True},
+    "hostRequirements": {"gpu": "optional"},  # DS01 gives the GPU through --gpus in runArgs
     "workspaceMount": "source=${localWorkspaceFolder},target=/workspaces/${localWorkspaceFolderBasename},type=bind",
     "workspaceFolder": "/workspaces/${localWorkspaceFolderBasename}",
 }

@@ -65,3 +65,18 @@ def test_devcontainer_up_and_exec_as_a_plain_user(clean, tmp_path):
     assert labels["devcontainer.local_folder"] == project
     assert info["HostConfig"]["CgroupParent"] == f"/ds01/{ALICE}"
     assert info["HostConfig"]["Memory"] == 512 * 2**20
+
+
+def test_ds01_init_project_gets_a_gpu_in_its_dev_container(clean):
+    """`ds01 init` writes a devcontainer.json that gets a GPU (a MIG instance) through the gateway."""
+    project = f"/home/{ALICE}/init-project"
+    os.makedirs(project, exist_ok=True)
+    subprocess.run(["chown", f"{ALICE}:{ALICE}", project], check=True)
+    init = clean.ds01("init", project, "--image", IMAGE, "--force", user=ALICE)
+    assert init.returncode == 0, init.stderr
+    up = devcontainer(clean, "up", "--workspace-folder", project)
+    assert up.returncode == 0, up.stdout + up.stderr
+    seen = devcontainer(
+        clean, "exec", "--workspace-folder", project, "printenv", "NVIDIA_VISIBLE_DEVICES"
+    )
+    assert seen.stdout.strip().startswith("MIG-"), seen.stdout + seen.stderr
