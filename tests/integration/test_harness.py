@@ -130,8 +130,7 @@ def test_plugin_spec_roundtrip() -> None:
 
 
 def test_rootfs_tarball_layout() -> None:
-    if not os.path.exists("/bin/busybox"):
-        pytest.skip("busybox-static not installed")
+    assert os.path.exists("/bin/busybox"), "busybox-static missing: run scripts/setup-host.sh"
     with tarfile.open(fileobj=io.BytesIO(build_busybox_rootfs())) as tar:
         members = {m.name: m for m in tar.getmembers()}
     assert members["bin/busybox"].mode == 0o755
