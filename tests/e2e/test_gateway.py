@@ -73,17 +73,33 @@ def test_stdin_piped_and_closed(clean):
     assert out == "through the gateway\n"
 
 
-def test_run_it_with_a_pseudo_terminal(clean):
-    """`docker run -it` under a real pty (script(1)) echoes what is typed and exits."""
-    cmd = f"DOCKER_HOST={clean.gateway} docker run -it --rm {IMAGE} sh -c 'read x; echo got-$x'"
+def in_a_terminal(stack, command: str, typed: str) -> str:
+    """Run a docker command as alice under a real pseudo-terminal (script(1)), typing ``typed``."""
     result = subprocess.run(
-        ["runuser", "-u", ALICE, "--", "script", "-qec", cmd, "/dev/null"],
-        input="hello\n",
+        [
+            "runuser",
+            "-u",
+            ALICE,
+            "--",
+            "script",
+            "-qec",
+            f"DOCKER_HOST={stack.gateway} {command}",
+            "/dev/null",
+        ],
+        input=typed,
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert "got-hello" in result.stdout, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def test_run_it_with_a_pseudo_terminal(clean):
+    """`docker run -it` under a real pty (script(1)) echoes what is typed and exits."""
+    out = in_a_terminal(
+        clean, f"docker run -it --rm {IMAGE} sh -c 'read x; echo got-$x'", "hello\n"
+    )
+    assert "got-hello" in out
 
 
 def test_exec_with_stdin_closed_mid_way(clean):
@@ -100,15 +116,9 @@ def test_exec_with_stdin_closed_mid_way(clean):
 def test_exec_it_with_a_pseudo_terminal(clean):
     """`docker exec -it` works through the gateway under a pty."""
     ok(clean.docker("run", "-d", "--name", "exit", IMAGE, "sleep", "300", user=ALICE))
-    cmd = f"DOCKER_HOST={clean.gateway} docker exec -it exit sh -c 'read x; echo exec-$x'"
-    result = subprocess.run(
-        ["runuser", "-u", ALICE, "--", "script", "-qec", cmd, "/dev/null"],
-        input="hi\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
+    assert "exec-hi" in in_a_terminal(
+        clean, "docker exec -it exit sh -c 'read x; echo exec-$x'", "hi\n"
     )
-    assert "exec-hi" in result.stdout, result.stdout + result.stderr
 
 
 def test_attach_and_logs_follow(clean):
