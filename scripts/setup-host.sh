@@ -59,6 +59,7 @@ have promtool || extra+=(prometheus)
 have npm || extra+=(nodejs npm)
 have docker-compose || extra+=(docker-compose)
 have systemd-analyze || extra+=(systemd)
+have docker-registry || extra+=(docker-registry)  # a local registry for push/pull tests
 if [ "${#extra[@]}" -gt 0 ]; then
     log "installing ${extra[*]}"
     apt_install "${extra[@]}"
