@@ -397,3 +397,26 @@ def test_ds01_ps_shows_runtime_and_the_next_stop(clean):
         time.sleep(0.5)
     assert life["runtime_seconds"] >= 0 and life["idle_seconds"] is not None
     assert "RUNTIME" in ok(clean.ds01("ps", user=ALICE))
+
+
+def test_policy_change_updates_running_users_cgroup(clean):
+    """A reloaded policy rewrites the user's aggregate limits in the kernel; containers keep running."""
+    from authz_plugin.cgroups import CgroupfsManager
+
+    from .conftest import POLICY
+
+    ok(clean.docker("run", "-d", "--name", "reload", IMAGE, "sleep", "300", user=ALICE))
+    clean.set_policy(
+        POLICY.replace(
+            "aggregate: {cpus: 2, memory: 2g, pids: 1000}",
+            "aggregate: {cpus: 2, memory: 3g, pids: 900}",
+        )
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while CgroupfsManager().limits(ALICE)["pids.max"] != "900" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert CgroupfsManager().limits(ALICE)["memory.limit_in_bytes"] == str(3 * 2**30)
+        assert inspect(clean, "reload")["State"]["Running"]
+    finally:
+        clean.set_policy(POLICY)
