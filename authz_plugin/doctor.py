@@ -1,27 +1,35 @@
 """``ds01 doctor``: checks a DS01 deployment and prints each problem with its fix.
 
-Every probe comes in through a parameter (paths, an HTTP getter, NVML), so the checks are
-tested against faked hosts; the defaults look at the real one.
+Every probe comes in through a parameter (paths, an HTTP requester, NVML), so the checks are
+tested against faked hosts; the defaults look at the real one, laid out as
+packaging/install.sh leaves it. ds01d's own flags are read from its systemd unit when there is
+one, so the checks follow a customised ExecStart.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import grp
 import http.client
 import json
 import os
+import shlex
 import socket
 import stat
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from policy.loader import PolicyError, parse_policy
 
-Getter = Callable[
-    [str, str], tuple[int, dict[str, str], Any]
-]  # (socket, path) -> status, headers, json
+# (socket path, method, request path) -> (status, lower-cased headers, decoded JSON or None)
+Requester = Callable[[str, str, str], tuple[int, dict[str, str], Any]]
+
+DEFAULT_REAL_SOCKET = "/run/ds01/dockerd.sock"
+UNIT_FILE = "/etc/systemd/system/ds01d.service"
+RUN_AS_ROOT = "run it as root: sudo ds01 doctor"
 
 
 @dataclass(frozen=True)
@@ -43,11 +51,18 @@ class Host:
     plugin_spec: str = "/etc/docker/plugins/ds01.spec"
     policy: str = "/etc/ds01/policy.yaml"
     plugin_name: str = "ds01"
-    get: Getter = field(default=None)  # type: ignore[assignment]
-    nvml: Callable[[], Any] | None = None
+    cgroup_driver: str | None = None  # ds01d --cgroup-driver; default: the policy's
+    inventory: str = "auto"  # ds01d --inventory: auto (NVML), FILE or none
+    cgroup_root: str = "/sys/fs/cgroup"
+    request: Requester = field(default=None)  # type: ignore[assignment]
+    nvml: Callable[[], Any] | None = None  # returns an allocator Inventory
+    docker_group: str = "docker"
 
 
-class _Unix(http.client.HTTPConnection):
+# ----------------------------------------------------------------------------- probes
+
+
+class _UnixConnection(http.client.HTTPConnection):
     def __init__(self, path: str) -> None:
         super().__init__("localhost", timeout=5)
         self.unix_path = path
@@ -58,248 +73,419 @@ class _Unix(http.client.HTTPConnection):
         self.sock.connect(self.unix_path)
 
 
-def http_get(sock: str, path: str) -> tuple[int, dict[str, str], Any]:
-    conn = _Unix(sock)
+def http_request(sock: str, method: str, path: str) -> tuple[int, dict[str, str], Any]:
+    """One HTTP request over a unix socket; OSError when the socket cannot be reached."""
+    conn = _UnixConnection(sock)
     try:
-        conn.request("GET", path)
+        body = b"{}" if method == "POST" else None
+        headers = {"Content-Type": "application/json"} if body else {}
+        conn.request(method, path, body=body, headers=headers)
         resp = conn.getresponse()
         data = resp.read()
-        headers = {k.lower(): v for k, v in resp.getheaders()}
+        got = {k.lower(): v for k, v in resp.getheaders()}
+    except http.client.HTTPException as exc:
+        raise OSError(f"not an HTTP server ({exc.__class__.__name__})") from exc
     finally:
         conn.close()
     try:
-        return resp.status, headers, json.loads(data) if data.strip() else None
+        return resp.status, got, json.loads(data) if data.strip() else None
     except ValueError:
-        return resp.status, headers, None
+        return resp.status, got, None
 
 
-def _real_socket(host: Host) -> str:
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def real_socket(host: Host) -> str:
+    """dockerd's real socket: ``--docker-host``, else daemon.json "hosts", else the default."""
     if host.real_socket:
         return host.real_socket
     try:
         with open(host.daemon_json) as f:
             hosts = json.load(f).get("hosts", [])
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         hosts = []
     for entry in hosts:
-        if entry.startswith("unix://"):
+        if isinstance(entry, str) and entry.startswith("unix://"):
             return entry[len("unix://") :]
-    return "/run/ds01/dockerd.sock"
+    return DEFAULT_REAL_SOCKET
 
 
-def check_real_socket(host: Host) -> Check:
-    path = _real_socket(host)
+def _group_name(gid: int) -> str:
     try:
-        st = os.stat(path)
-    except OSError:
-        return Check(
-            "dockerd socket",
-            False,
-            f"{path} does not exist",
-            "put packaging/daemon.json's keys into /etc/docker/daemon.json and restart docker",
-        )
-    if not stat.S_ISSOCK(st.st_mode):
-        return Check(
-            "dockerd socket", False, f"{path} is not a socket", 'check daemon.json "hosts"'
-        )
-    mode = stat.S_IMODE(st.st_mode)
-    if st.st_uid != 0 or mode & 0o007 or (mode & 0o070 and st.st_gid != 0):
-        return Check(
-            "dockerd socket",
-            False,
-            f"{path} is mode {mode:o}, uid {st.st_uid}, gid {st.st_gid}: users can bypass DS01",
-            'set "group": "root" in /etc/docker/daemon.json and restart docker',
-        )
-    return Check("dockerd socket", True, f"{path} is root-only (mode {mode:o})")
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
-def check_gateway(host: Host) -> Check:
-    path = host.gateway_socket
-    try:
-        status, headers, body = host.get(path, "/ds01/v1/whoami")
-    except OSError as exc:
-        return Check(
-            "gateway",
-            False,
-            f"{path}: {exc.strerror or exc}",
-            "start ds01d with --gateway-socket /var/run/docker.sock (systemctl start ds01d)",
-        )
-    if status == 200 and isinstance(body, dict) and "user" in body:
-        return Check("gateway", True, f"{path} is ds01d's gateway (you are {body['user']})")
-    server = headers.get("server", "")
-    return Check(
-        "gateway",
-        False,
-        f"{path} answers as {server or 'something else'}, not ds01d: "
-        "users talk to dockerd directly",
-        "mask docker.socket and run ds01d with --gateway-socket",
-    )
-
-
-def _info(host: Host) -> dict[str, Any] | None:
-    try:
-        status, _, body = host.get(_real_socket(host), "/info")
-    except OSError:
-        return None
-    return body if status == 200 and isinstance(body, dict) else None
-
-
-def check_plugin(host: Host, info: dict[str, Any] | None) -> Check:
-    present = os.path.exists(host.plugin_socket) or os.path.exists(host.plugin_spec)
-    if not present:
-        return Check(
-            "AuthZ plugin",
-            False,
-            f"neither {host.plugin_socket} nor {host.plugin_spec} exists",
-            "start ds01d (it serves the plugin socket)",
-        )
-    registered = (info or {}).get("Plugins", {}).get("Authorization") or []
-    if info is not None and host.plugin_name not in registered:
-        return Check(
-            "AuthZ plugin",
-            False,
-            f"dockerd does not use it (authorization plugins: {registered})",
-            f'add "authorization-plugins": ["{host.plugin_name}"] to /etc/docker/daemon.json '
-            "and restart docker",
-        )
-    what = f"{host.plugin_name} is dockerd's authorization plugin" if info else "socket present"
-    return Check("AuthZ plugin", True, what)
-
-
-def check_cgroup_driver(
-    host: Host, info: dict[str, Any] | None, policy: dict[str, Any] | None
-) -> Check:
-    if info is None:
-        return Check("cgroup driver", False, "dockerd's /info is not readable", "start docker")
-    driver = info.get("CgroupDriver", "?")
-    wanted = (policy or {}).get("cgroup_driver", "cgroupfs")
-    if driver != wanted:
-        return Check(
-            "cgroup driver",
-            False,
-            f"dockerd uses {driver}, the policy says {wanted}",
-            f"set cgroup_driver: {driver} in the policy, or native.cgroupdriver={wanted} in daemon.json",
-        )
-    return Check(
-        "cgroup driver",
-        True,
-        f"{driver} (cgroup v{2 if os.path.exists('/sys/fs/cgroup/cgroup.controllers') else 1})",
-    )
-
-
-def check_default_runtime(info: dict[str, Any] | None) -> Check:
-    runtime = (info or {}).get("DefaultRuntime", "runc")
-    if runtime == "nvidia":
-        return Check(
-            "default runtime",
-            False,
-            "the nvidia runtime is dockerd's default: an image's ENV NVIDIA_VISIBLE_DEVICES=all "
-            "reaches GPUs outside DS01",
-            'remove "default-runtime": "nvidia" from /etc/docker/daemon.json (DS01 uses --gpus)',
-        )
-    return Check("default runtime", True, runtime)
-
-
-def check_nvml(host: Host) -> Check:
-    try:
-        inventory = host.nvml() if host.nvml else _nvml()
-    except Exception as exc:  # a probe must never crash the doctor
-        return Check(
-            "NVML",
-            False,
-            f"NVML failed: {exc}",
-            "install the NVIDIA driver or use --inventory FILE",
-        )
-    problems = list(getattr(inventory, "problems", []))
-    devices = len(getattr(inventory, "devices", []))
-    if problems and not devices:
-        return Check(
-            "NVML",
-            False,
-            "; ".join(problems),
-            "install the NVIDIA driver, or give ds01d --inventory /etc/ds01/inventory.yaml",
-        )
-    return Check(
-        "NVML",
-        True,
-        f"{devices} allocatable devices" + (f" ({'; '.join(problems)})" if problems else ""),
-    )
-
-
-def _nvml() -> Any:
-    from allocator.nvml import nvml_inventory
-
-    return nvml_inventory()
+# ----------------------------------------------------------------------------- checks
 
 
 def check_policy(host: Host) -> tuple[Check, dict[str, Any] | None]:
     try:
         with open(host.policy, encoding="utf-8") as f:
             doc = parse_policy(f.read(), host.policy)
-    except OSError:
+    except FileNotFoundError:
         return Check(
             "policy",
             False,
             f"{host.policy} is missing",
-            f"copy config/default-policy.yaml to {host.policy}",
+            f"copy config/default-policy.yaml to {host.policy} (packaging/install.sh does)",
         ), None
+    except OSError as exc:
+        return Check("policy", False, f"{host.policy}: {_why(exc)}", RUN_AS_ROOT), None
     except PolicyError as exc:
         return Check(
-            "policy", False, str(exc), f"fix it, then: ds01 policy validate {host.policy}"
+            "policy",
+            False,
+            str(exc),
+            f"correct it, then check with: ds01 policy validate {host.policy}",
         ), None
     return Check("policy", True, f"{host.policy} is valid"), doc.data
 
 
+def check_real_socket(host: Host) -> Check:
+    path = real_socket(host)
+    name = "dockerd socket"
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return Check(
+            name,
+            False,
+            f"{path} does not exist: dockerd is not running behind DS01",
+            "merge packaging/daemon.json into /etc/docker/daemon.json (packaging/install.sh "
+            "does) and restart docker",
+        )
+    except OSError as exc:
+        return Check(name, False, f"{path}: {_why(exc)}", RUN_AS_ROOT)
+    if not stat.S_ISSOCK(st.st_mode):
+        return Check(name, False, f"{path} is not a socket", 'check "hosts" in daemon.json')
+    mode = stat.S_IMODE(st.st_mode)
+    group = _group_name(st.st_gid)
+    where = f"{path} is mode {mode:o}, owner {st.st_uid}, group {group}"
+    if st.st_uid != 0 or mode & 0o007:
+        return Check(
+            name,
+            False,
+            f"{where}: every user can reach dockerd directly and bypass DS01",
+            'set "group": "root" in /etc/docker/daemon.json and restart docker',
+        )
+    if mode & 0o070 and st.st_gid != 0:
+        return Check(
+            name,
+            False,
+            f"{where}: members of {group} reach dockerd directly and bypass DS01",
+            'set "group": "root" in /etc/docker/daemon.json and restart docker (membership of '
+            f"{host.docker_group} is harmless once the real socket is root-only)",
+        )
+    return Check(name, True, f"{path} is root-only (mode {mode:o}, root:{group})")
+
+
+def check_gateway(host: Host) -> Check:
+    path = host.gateway_socket
+    name = "gateway"
+    try:
+        status, headers, body = host.request(path, "GET", "/ds01/v1/whoami")
+    except OSError as exc:
+        return Check(
+            name,
+            False,
+            f"{path}: {_why(exc)}: nothing serves the Docker API there",
+            "start ds01d (systemctl start ds01d; journalctl -u ds01d says why it stopped)",
+        )
+    if status == 200 and isinstance(body, dict) and "user" in body:
+        return Check(name, True, f"{path} is ds01d's gateway (it sees you as {body['user']})")
+    server = headers.get("server", "")
+    if server.startswith("Docker/"):
+        return Check(
+            name,
+            False,
+            f"{path} is dockerd itself ({server}), not ds01d: users reach dockerd unchecked",
+            "keep docker.socket off /var/run/docker.sock (packaging/docker.socket.d/ds01.conf), "
+            'remove it from "hosts" in daemon.json, restart docker, then start ds01d',
+        )
+    return Check(
+        name,
+        False,
+        f"{path} answers /ds01/v1/whoami with {status} ({server or 'unknown server'}), "
+        "not as ds01d's gateway",
+        "run ds01d with --gateway-socket /var/run/docker.sock",
+    )
+
+
+def read_info(host: Host) -> tuple[dict[str, Any] | None, Check]:
+    """dockerd's /info, through the real socket (root), else through the gateway."""
+    name = "dockerd"
+    path = real_socket(host)
+    problems = []
+    for sock, how in ((path, "its own socket"), (host.gateway_socket, "the gateway")):
+        try:
+            status, _, body = host.request(sock, "GET", "/info")
+        except OSError as exc:
+            problems.append(f"{sock}: {_why(exc)}")
+            continue
+        if status == 200 and isinstance(body, dict):
+            version = body.get("ServerVersion", "?")
+            return body, Check(name, True, f"Docker {version} answers on {how}")
+        message = body.get("message") if isinstance(body, dict) else None
+        problems.append(f"{sock}: {status} {message or ''}".strip())
+    denied = any("ermission denied" in p for p in problems)
+    return None, Check(
+        name,
+        False,
+        "dockerd's /info is unreadable: " + "; ".join(problems),
+        RUN_AS_ROOT if denied and os.geteuid() != 0 else "start docker (systemctl start docker)",
+    )
+
+
+def _not_checked(name: str) -> Check:
+    return Check(
+        name, False, "not checked: dockerd's /info is unreadable", "see the dockerd line above"
+    )
+
+
+def check_plugin(host: Host, info: dict[str, Any] | None) -> Check:
+    name = "AuthZ plugin"
+    if not os.path.exists(host.plugin_socket):
+        spec = " (its spec file is there)" if os.path.exists(host.plugin_spec) else ""
+        return Check(
+            name,
+            False,
+            f"{host.plugin_socket} does not exist{spec}: ds01d is not running, and dockerd "
+            "refuses every request without its AuthZ plugin",
+            "start ds01d (systemctl start ds01d; journalctl -u ds01d says why it stopped)",
+        )
+    try:
+        status, _, body = host.request(host.plugin_socket, "POST", "/Plugin.Activate")
+    except OSError as exc:
+        if isinstance(exc, PermissionError):
+            return Check(name, False, f"{host.plugin_socket}: {_why(exc)}", RUN_AS_ROOT)
+        return Check(
+            name,
+            False,
+            f"{host.plugin_socket}: {_why(exc)}: ds01d does not answer",
+            "restart ds01d (systemctl restart ds01d)",
+        )
+    if status != 200 or "authz" not in (body or {}).get("Implements", []):
+        return Check(
+            name,
+            False,
+            f"{host.plugin_socket} is not an AuthZ plugin (Plugin.Activate: {status} {body})",
+            f"run ds01d with --plugin-socket {host.plugin_socket}",
+        )
+    if info is None:
+        return Check(
+            name,
+            False,
+            "ds01d answers, but whether dockerd uses it is unknown: /info is unreadable",
+            "see the dockerd line above",
+        )
+    registered = (info.get("Plugins") or {}).get("Authorization") or []
+    if host.plugin_name not in registered:
+        return Check(
+            name,
+            False,
+            f"ds01d answers, but dockerd does not ask it (authorization plugins: "
+            f"{', '.join(registered) or 'none'})",
+            f'add "authorization-plugins": ["{host.plugin_name}"] to /etc/docker/daemon.json '
+            "and restart docker",
+        )
+    return Check(name, True, f"dockerd asks {host.plugin_name} ({host.plugin_socket})")
+
+
+def check_cgroup_driver(
+    host: Host, info: dict[str, Any] | None, policy: dict[str, Any] | None
+) -> Check:
+    name = "cgroup driver"
+    if info is None:
+        return _not_checked(name)
+    driver = info.get("CgroupDriver", "?")
+    if host.cgroup_driver:
+        wanted, source = host.cgroup_driver, "ds01d --cgroup-driver"
+    else:
+        wanted, source = (policy or {}).get("cgroup_driver", "cgroupfs"), "the policy"
+    version = 2 if os.path.exists(os.path.join(host.cgroup_root, "cgroup.controllers")) else 1
+    if driver != wanted:
+        return Check(
+            name,
+            False,
+            f"dockerd uses {driver}, {source} says {wanted}: users' containers would not land "
+            "in their parent cgroups",
+            f"set `cgroup_driver: {driver}` in {host.policy} (and drop --cgroup-driver), or "
+            f'"exec-opts": ["native.cgroupdriver={wanted}"] in /etc/docker/daemon.json',
+        )
+    return Check(name, True, f"{driver} for dockerd and DS01 (cgroup v{version})")
+
+
+def check_default_runtime(info: dict[str, Any] | None) -> Check:
+    name = "default runtime"
+    if info is None:
+        return _not_checked(name)
+    runtime = info.get("DefaultRuntime") or "runc"
+    if runtime == "nvidia":
+        return Check(
+            name,
+            False,
+            "the nvidia runtime is dockerd's default: an image's ENV NVIDIA_VISIBLE_DEVICES=all "
+            "reaches GPUs outside DS01",
+            'remove "default-runtime": "nvidia" from /etc/docker/daemon.json and restart docker '
+            "(DS01 gives GPUs with --gpus; the toolkit's hook stays)",
+        )
+    return Check(name, True, runtime)
+
+
+def check_gpus(host: Host) -> Check:
+    name = "GPU inventory"
+    if host.inventory == "none":
+        return Check(name, True, "none (ds01d --inventory none: GPU requests are refused)")
+    try:
+        if host.inventory == "auto":
+            name = "NVML"
+            inventory = host.nvml() if host.nvml else _nvml()
+        else:
+            from allocator.inventory import load_inventory_file
+
+            inventory = load_inventory_file(host.inventory)
+    except Exception as exc:  # a probe must never crash the doctor
+        return Check(name, False, f"{exc}", "fix the inventory, or give ds01d --inventory FILE")
+    problems = list(getattr(inventory, "problems", ()))
+    devices = len(getattr(inventory, "devices", ()))
+    if problems and not devices:
+        return Check(
+            name,
+            False,
+            "; ".join(problems),
+            "install the NVIDIA driver, or describe the GPUs in a file and give ds01d "
+            "--inventory FILE (config/inventory.example.yaml)",
+        )
+    where = "from NVML" if host.inventory == "auto" else f"in {host.inventory}"
+    detail = f"{devices} allocatable device{'s' if devices != 1 else ''} {where}"
+    return Check(name, True, detail + (f" ({'; '.join(problems)})" if problems else ""))
+
+
+def _nvml() -> Any:
+    try:
+        from allocator.nvml import nvml_inventory
+    except ImportError as exc:
+        raise RuntimeError(f"the NVML backend is not installed ({exc})") from exc
+    return nvml_inventory()
+
+
 def run_checks(host: Host) -> list[Check]:
-    if host.get is None:
-        host.get = http_get
+    if host.request is None:
+        host.request = http_request
     policy_check, policy = check_policy(host)
-    info = _info(host)
+    info, dockerd_check = read_info(host)
     return [
         check_real_socket(host),
         check_gateway(host),
+        dockerd_check,
         check_plugin(host, info),
         check_cgroup_driver(host, info, policy),
         check_default_runtime(info),
-        check_nvml(host),
+        check_gpus(host),
         policy_check,
     ]
 
 
-def host_from_args(argv: list[str]) -> Host:
-    parser = argparse.ArgumentParser(prog="ds01 doctor", description=__doc__)
-    parser.add_argument("--gateway-socket", default=Host.gateway_socket)
+# ----------------------------------------------------------------------------- command line
+
+
+def unit_flags(path: str = UNIT_FILE) -> dict[str, str]:
+    """ds01d's ``--flag value`` pairs from the ExecStart= of its systemd unit ({} if none)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().replace("\\\n", " ").splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        if line.startswith("ExecStart=") and line[len("ExecStart=") :].strip():
+            try:
+                words = shlex.split(line[len("ExecStart=") :])
+            except ValueError:
+                return {}
+            flags = {}
+            for word, value in zip(words, [*words[1:], ""], strict=True):
+                if word.startswith("--") and "=" in word:
+                    key, _, val = word.partition("=")
+                    flags[key] = val
+                elif word.startswith("--") and value and not value.startswith("--"):
+                    flags[word] = value
+            return flags
+    return {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ds01 doctor",
+        description="Check this server's DS01 deployment; print each problem with its fix. "
+        f"Defaults come from ds01d's unit ({UNIT_FILE}) when it exists.",
+    )
+    parser.add_argument("--unit", default=UNIT_FILE, help="ds01d's systemd unit to read flags from")
+    parser.add_argument("--gateway-socket", help="default: /var/run/docker.sock")
     parser.add_argument("--docker-host", help="the real dockerd (default: from daemon.json)")
-    parser.add_argument("--plugin-socket", default=Host.plugin_socket)
-    parser.add_argument("--policy", default=Host.policy)
+    parser.add_argument("--plugin-socket", help="default: /run/docker/plugins/ds01.sock")
+    parser.add_argument("--policy", help="default: /etc/ds01/policy.yaml")
+    parser.add_argument("--inventory", help="auto (NVML), FILE or none; default auto")
+    parser.add_argument("--cgroup-driver", choices=["cgroupfs", "systemd"])
+    parser.add_argument("--daemon-json", default=Host.daemon_json)
     parser.add_argument("--plugin-name", default=Host.plugin_name)
-    args = parser.parse_args(argv)
-    real = args.docker_host.removeprefix("unix://") if args.docker_host else None
+    parser.add_argument("--json", action="store_true", help="one JSON object per check")
+    return parser
+
+
+def host_from_args(args: argparse.Namespace) -> Host:
+    unit = unit_flags(args.unit)
+
+    def pick(flag: str, default: str | None) -> str | None:
+        given = getattr(args, flag.lstrip("-").replace("-", "_"))
+        return given or unit.get(flag) or default
+
+    real = pick("--docker-host", None)
     return Host(
-        real_socket=real,
-        gateway_socket=args.gateway_socket,
-        plugin_socket=args.plugin_socket,
-        policy=args.policy,
+        daemon_json=args.daemon_json,
+        real_socket=real.removeprefix("unix://") if real else None,
+        gateway_socket=pick("--gateway-socket", Host.gateway_socket),
+        plugin_socket=pick("--plugin-socket", Host.plugin_socket),
+        policy=pick("--policy", Host.policy),
         plugin_name=args.plugin_name,
+        cgroup_driver=pick("--cgroup-driver", None),
+        inventory=pick("--inventory", Host.inventory),
     )
 
 
-def doctor(argv: list[str] | None = None, host: Host | None = None) -> int:
-    """Print every check; exit 0 when all pass, 1 when any problem was found."""
-    checks = run_checks(host or host_from_args(argv or []))
+def render(checks: list[Check]) -> str:
     width = max(len(c.name) for c in checks)
+    lines = []
     for check in checks:
-        mark = "ok " if check.ok else "!! "
-        print(f"{mark}{check.name.ljust(width)}  {check.detail}")
+        lines.append(f"{'ok  ' if check.ok else 'FAIL'}  {check.name.ljust(width)}  {check.detail}")
         if not check.ok and check.fix:
-            print(f"   {' ' * width}  To fix: {check.fix}")
+            lines.append(f"      {' ' * width}  To fix: {check.fix}")
     problems = sum(not c.ok for c in checks)
-    print(
+    lines.append(
         f"{problems} problem{'s' if problems != 1 else ''} found"
         if problems
         else "all checks passed"
     )
-    return 1 if problems else 0
+    return "\n".join(lines)
+
+
+def doctor(argv: list[str] | None = None, host: Host | None = None) -> int:
+    """Print every check; exit 0 when all pass, 1 when any problem was found, 2 on misuse."""
+    try:
+        args = build_parser().parse_args(argv or [])
+    except SystemExit as exc:
+        return 0 if exc.code in (0, None) else 2
+    checks = run_checks(host or host_from_args(args))
+    if args.json:
+        print(json.dumps([asdict(c) for c in checks], indent=2))
+    else:
+        print(render(checks))
+    with contextlib.suppress(BrokenPipeError):
+        sys.stdout.flush()
+    return 1 if any(not c.ok for c in checks) else 0
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ have npm || extra+=(nodejs npm)
 have docker-compose || extra+=(docker-compose)
 have systemd-analyze || extra+=(systemd)
 have docker-registry || extra+=(docker-registry)  # a local registry for push/pull tests
+have shellcheck || extra+=(shellcheck)            # lints packaging/*.sh in the tests
 if [ "${#extra[@]}" -gt 0 ]; then
     log "installing ${extra[*]}"
     apt_install "${extra[@]}"
