@@ -130,7 +130,19 @@ class Api:
                 "allocations": [_alloc_row(a, broker.ledger, True) for a in mine],
             },
             "queue": queue,
+            "lifecycle": self._lifecycle_rows(containers),
         }
+
+    def _lifecycle_rows(self, containers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Per container: idle time, runtime, when and why it will be stopped."""
+        if self.lifecycle is None:
+            return []
+        rows = []
+        for c in containers:
+            status = self.lifecycle.status(c.get("Id", ""))
+            if status is not None:
+                rows.append({"name": (c.get("Names") or ["?"])[0].lstrip("/"), **status})
+        return rows
 
     async def containers(
         self, identity: Identity, limits: Limits, everyone: bool

@@ -259,6 +259,13 @@ def cmd_limits(args: argparse.Namespace) -> int:
                 f"  holding {devs} in container {_short(alloc['container'])} "
                 f"({alloc['state']}, for {_ago(alloc['since'])})"
             )
+        for row in d.get("lifecycle", []):
+            if row.get("stop_at"):
+                left = format_duration(max(0, row["stop_at"] - time.time()))
+                out.append(
+                    f"  {row['name']}: idle {format_duration(row.get('idle_seconds') or 0)}, "
+                    f"stops in {left} ({row.get('stop_reason')})"
+                )
         for q in d["queue"]:
             out.append(
                 _colour(

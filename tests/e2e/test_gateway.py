@@ -420,3 +420,14 @@ def test_policy_change_updates_running_users_cgroup(clean):
         assert inspect(clean, "reload")["State"]["Running"]
     finally:
         clean.set_policy(POLICY)
+
+
+def test_ds01_limits_lists_each_containers_lifecycle(clean):
+    """`ds01 limits` carries each container's idle time and next stop, as the lifecycle sees it."""
+    ok(clean.docker("run", "-d", "--name", "limlife", IMAGE, "sleep", "300", user=ALICE))
+    deadline = time.monotonic() + 15
+    rows: list = []
+    while not rows and time.monotonic() < deadline:
+        rows = json.loads(ok(clean.ds01("limits", "--json", user=ALICE)))["lifecycle"]
+        time.sleep(0.5)
+    assert rows and rows[0]["name"] == "limlife" and rows[0]["runtime_seconds"] is not None
