@@ -60,37 +60,26 @@ class DockerClient:
                 raise DockerError(resp.status, message)
             return json.loads(text) if text.strip() else None
 
-    async def inspect_container(self, ref: str) -> dict[str, Any] | None:
+    async def _get_or_none(self, path: str) -> dict[str, Any] | None:
+        """GET an object; None when dockerd says it does not exist."""
         try:
-            return await self.request("GET", f"/containers/{quote(ref, safe='')}/json")
+            return await self.request("GET", path)
         except DockerError as exc:
             if exc.status == 404:
                 return None
             raise
+
+    async def inspect_container(self, ref: str) -> dict[str, Any] | None:
+        return await self._get_or_none(f"/containers/{quote(ref, safe='')}/json")
 
     async def inspect_volume(self, name: str) -> dict[str, Any] | None:
-        try:
-            return await self.request("GET", f"/volumes/{quote(name, safe='')}")
-        except DockerError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return await self._get_or_none(f"/volumes/{quote(name, safe='')}")
 
     async def inspect_network(self, ref: str) -> dict[str, Any] | None:
-        try:
-            return await self.request("GET", f"/networks/{quote(ref, safe='')}")
-        except DockerError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return await self._get_or_none(f"/networks/{quote(ref, safe='')}")
 
     async def inspect_exec(self, exec_id: str) -> dict[str, Any] | None:
-        try:
-            return await self.request("GET", f"/exec/{quote(exec_id, safe='')}/json")
-        except DockerError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return await self._get_or_none(f"/exec/{quote(exec_id, safe='')}/json")
 
     async def list_containers(
         self, filters: dict[str, list[str]] | None = None

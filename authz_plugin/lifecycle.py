@@ -423,38 +423,33 @@ class Lifecycle:
     async def _stop(self, info: ContainerInfo, action: Stop, settings: Settings) -> None:
         grace = str(math.ceil(settings.stop_grace))
         log.warning("stopping %s (%s): %s", info.short, info.user, action.message)
-        try:
-            await self.docker.request("POST", f"/containers/{info.id}/stop", params={"t": grace})
-        except DockerError as exc:
-            if exc.status != 404:  # gone already is what we wanted
-                log.error("could not stop %s: %s", info.short, exc)
-                self._audit("stop", info, action, "error", error=str(exc))
-                return
-        except Exception as exc:
-            log.error("could not stop %s: %s", info.short, exc)
-            self._audit("stop", info, action, "error", error=str(exc))
-            return
-        self._audit("stop", info, action, "ok")
-        self._count("stop", action.reason)
+        await self._act("stop", "POST", f"/containers/{info.id}/stop", {"t": grace}, info, action)
 
     async def _remove(self, info: ContainerInfo, action: Remove) -> None:
         log.warning("removing %s (%s): %s", info.short, info.user, action.message)
+        # v=0: anonymous volumes may hold the user's data; removing those is their call.
+        params = {"force": "1", "v": "0"}
+        await self._act("remove", "DELETE", f"/containers/{info.id}", params, info, action)
+
+    async def _act(
+        self,
+        kind: str,
+        method: str,
+        path: str,
+        params: dict[str, str],
+        info: ContainerInfo,
+        action: Stop | Remove,
+    ) -> None:
+        """One stop or removal, audited and counted; a container already gone is done."""
         try:
-            # v=0: anonymous volumes may hold the user's data; removing those is their call.
-            await self.docker.request(
-                "DELETE", f"/containers/{info.id}", params={"force": "1", "v": "0"}
-            )
-        except DockerError as exc:
-            if exc.status != 404:
-                log.error("could not remove %s: %s", info.short, exc)
-                self._audit("remove", info, action, "error", error=str(exc))
-                return
+            await self.docker.request(method, path, params=params)
         except Exception as exc:
-            log.error("could not remove %s: %s", info.short, exc)
-            self._audit("remove", info, action, "error", error=str(exc))
-            return
-        self._audit("remove", info, action, "ok")
-        self._count("remove", action.reason)
+            if not (isinstance(exc, DockerError) and exc.status == 404):
+                log.error("could not %s %s: %s", kind, info.short, exc)
+                self._audit(kind, info, action, "error", error=str(exc))
+                return
+        self._audit(kind, info, action, "ok")
+        self._count(kind, action.reason)
 
     def _audit(
         self, event: str, info: ContainerInfo, action: Action, result: str, **extra: Any
