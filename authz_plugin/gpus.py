@@ -222,7 +222,7 @@ class GpuBroker:
     # ---- start ----------------------------------------------------------------------------
 
     async def guard_start(
-        self, info: dict[str, Any], identity: Identity, now: float, already_checked: bool = False
+        self, info: dict[str, Any], identity: Identity, now: float
     ) -> Decision | None:
         """A starting container gets its recorded devices back, or the start is refused."""
         container_id = info.get("Id", "")

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from allocator.labels import LABEL_USER
 from policy import create as create_rules
-from policy.decision import Decision, allow, deny
+from policy.decision import Decision, deny
 from policy.engine import decide, parse_body, route_of
 from policy.identity import Identity, direct_identity
 from policy.limits import Limits
@@ -226,7 +226,7 @@ class Service:
     async def _recheck(self, request: Request, identity: Identity) -> AuthzAnswer:
         # The gateway decided on exactly these bytes (the ticket binds method, URI and body),
         # so the re-check is that binding; the start guard is re-applied for GPUs.
-        refusal = await self.start_guard(request, identity, already_checked=True)
+        refusal = await self.start_guard(request, identity)
         if refusal is not None:
             return AuthzAnswer(False, refusal.message)
         return AuthzAnswer(True)
@@ -235,9 +235,7 @@ class Service:
         self.tickets.finish(_header(req.headers, TOKEN_HEADER))
         return AuthzAnswer(True)
 
-    async def start_guard(
-        self, request: Request, identity: Identity, already_checked: bool = False
-    ) -> Decision | None:
+    async def start_guard(self, request: Request, identity: Identity) -> Decision | None:
         """On every container start: its recorded GPUs must be free (or are re-acquired)."""
         route = route_of(request)
         if self.gpus is None or route is None or route.endpoint != "/containers/{id}/start":
@@ -245,7 +243,7 @@ class Service:
         info = await self.docker.inspect_container(route.params["id"])
         if info is None:
             return None
-        return await self.gpus.guard_start(info, identity, self.clock(), already_checked)
+        return await self.gpus.guard_start(info, identity, self.clock())
 
 
 def _header(headers: dict[str, str], name: str) -> str | None:
@@ -262,6 +260,3 @@ def _try_body(route: Route, request: Request) -> dict[str, Any] | None:
     except Exception:
         return None
     return body if isinstance(body, dict) else None
-
-
-__all__ = ["Service", "allow", "facts_from_container"]
