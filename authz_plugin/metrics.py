@@ -16,7 +16,7 @@ import threading
 from collections import Counter as Tally
 from collections.abc import Iterable, Iterator
 from importlib import metadata
-from typing import NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -190,6 +190,7 @@ class Metrics:
         r = self.registry
         self._endpoints = _Bounded(max_label_values)
         self._reasons = _Bounded(max_label_values)
+        self._decision_counters: dict[tuple[str, str, bool, str], Any] = {}
         self._lifecycle_reasons = _Bounded(max_label_values)
         self.decisions = Counter(
             "ds01_decisions_total",
@@ -259,14 +260,20 @@ class Metrics:
         ``endpoint`` is the route template (``/containers/{id}/start``), never a raw path;
         ``reason`` is the decision's stable code (``ok`` for a plain allow).
         """
-        door = _enum(door, DOORS, "door")
-        endpoint = self._endpoints(_endpoint(endpoint))
-        self.decisions.labels(
-            door=door,
-            endpoint=endpoint,
-            result="allow" if allowed else "deny",
-            reason=self._reasons(reason or "ok"),
-        ).inc()
+        key = (door, endpoint, allowed, reason)
+        counter = self._decision_counters.get(key)
+        if counter is None:
+            # prometheus_client's labels() validates and locks on every call, and every request
+            # records a decision: each label combination is looked up once.
+            if len(self._decision_counters) > 10_000:
+                self._decision_counters.clear()
+            counter = self._decision_counters[key] = self.decisions.labels(
+                door=_enum(door, DOORS, "door"),
+                endpoint=self._endpoints(_endpoint(endpoint)),
+                result="allow" if allowed else "deny",
+                reason=self._reasons(reason or "ok"),
+            )
+        counter.inc()
         if seconds is not None:
             self.observe_latency(door, endpoint, seconds)
 

@@ -6,6 +6,7 @@ Here the pure engine meets Docker: this module looks up the objects a request na
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -15,7 +16,7 @@ from typing import Any, Protocol
 from allocator.labels import LABEL_USER
 from policy import create as create_rules
 from policy.decision import Decision, deny
-from policy.engine import decide, parse_body, route_of
+from policy.engine import ANSWER_NAMES_TARGET, decide, parse_body, route_of
 from policy.identity import Identity, direct_identity
 from policy.limits import Limits
 from policy.routes import Route
@@ -79,6 +80,14 @@ def _facts_from_labelled(info: dict[str, Any], kind: str) -> ObjectFacts:
     )
 
 
+def _volume_facts(info: dict[str, Any]) -> ObjectFacts:
+    return _facts_from_labelled(info, "volume")
+
+
+# How the object a self-describing read returns becomes facts (engine.ANSWER_NAMES_TARGET).
+_ANSWER_FACTS = {"/containers/{id}/json": facts_from_container, "/volumes/{name}": _volume_facts}
+
+
 class Service:
     def __init__(
         self,
@@ -103,6 +112,13 @@ class Service:
         self.realpath = realpath
         self.clock = clock
         self.tickets = Tickets()
+        # What every decision's state shares: this host's facts.
+        self._host_facts: dict[str, Any] = {
+            "cgroup_driver": cgroup_driver,
+            "host_cpus": os.cpu_count(),
+            "protected_paths": protected_paths or State().protected_paths,
+            **({"realpath": realpath} if realpath else {}),
+        }
         docker.headers[TOKEN_HEADER] = self.tickets.internal
 
     # ---- deciding ------------------------------------------------------------------------
@@ -127,23 +143,60 @@ class Service:
             )
         else:
             decision = decide(request, identity, limits, state)
-        container = state.target.id if state.target else None
-        self.recorder.decision(
-            door, route, identity, decision, time.perf_counter() - started, container=container
-        )
+        if not decision.decide_on_answer:  # else decide_on_answer records the final one
+            container = state.target.id if state.target else None
+            self.recorder.decision(
+                door, route, identity, decision, time.perf_counter() - started, container=container
+            )
         return decision, limits
+
+    async def decide_on_answer(
+        self, request: Request, identity: Identity, status: int, answer: bytes
+    ) -> Decision | None:
+        """Decide a read forwarded with ``decide_on_answer`` on the object dockerd returned.
+
+        None: dockerd answered with an error of its own, which reaches the client unchanged.
+        """
+        started = time.perf_counter()
+        route = route_of(request)
+        if route is None or status not in (200, 404):
+            return None
+        target: ObjectFacts | None = None
+        if status == 200:
+            try:
+                info = json.loads(answer)
+                target = _ANSWER_FACTS[route.endpoint](info)
+            except (ValueError, TypeError, AttributeError, KeyError):
+                decision = deny(
+                    "bad_answer",
+                    "could not read the Docker daemon's answer, so it was withheld",
+                    "try again; if it persists, ask an admin",
+                    502,
+                )
+                self.recorder.decision("gateway", route, identity, decision, 0.0)
+                return decision
+        state = self._state(target=target)
+        decision = decide(request, identity, self.policy.limits(identity), state)
+        self.recorder.decision(
+            "gateway",
+            route,
+            identity,
+            decision,
+            time.perf_counter() - started,
+            container=target.id if target else None,
+        )
+        return decision
+
+    def _state(self, **facts: Any) -> State:
+        """A state snapshot for one decision: now, this host, and the request's ``facts``."""
+        return State(now=self.clock(), **self._host_facts, **facts)
 
     async def state_for(self, route: Route, request: Request, identity: Identity) -> State:
         """The facts the engine needs for this route (owners of named objects, counts)."""
-        base = State(
-            now=self.clock(),
-            cgroup_driver=self.cgroup_driver,
-            host_cpus=os.cpu_count(),
-            protected_paths=self.protected_paths or State().protected_paths,
-            **({"realpath": self.realpath} if self.realpath else {}),
-        )
         if identity.is_direct:
-            return base
+            return self._state()
+        if (route.method, route.endpoint) in ANSWER_NAMES_TARGET:
+            return self._state(target_in_answer=True)
         endpoint, params = route.endpoint, route.params
         target: ObjectFacts | None = None
         related: dict[str, ObjectFacts] = {}
@@ -187,7 +240,7 @@ class Service:
                     {"label": [f"{LABEL_USER}={identity.user}"]}
                 )
                 count = len(owned)
-        return replace(base, target=target, related=related, user_containers=count)
+        return self._state(target=target, related=related, user_containers=count)
 
     async def _exec_facts(self, exec_id: str) -> ObjectFacts | None:
         info = await self.docker.inspect_exec(exec_id)

@@ -21,6 +21,9 @@ class Decision:
     gpu_request: Any = None  # an allocator.request.GpuRequest to satisfy before forwarding
     changes: tuple[str, ...] = ()  # what the rewrite changed, for the audit log
     audited: bool = False  # an admin acting on someone else's object, or direct access
+    # Allowed so far, but the owner check waits for dockerd's answer (State.target_in_answer):
+    # the caller must decide again with the object that answer describes before relaying it.
+    decide_on_answer: bool = False
 
     @property
     def message(self) -> str:

@@ -6,6 +6,7 @@ is refused before routing, so what we decide about is what dockerd executes.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
@@ -154,7 +155,25 @@ for _route in _ROUTES:
 
 
 def parse_route(method: str, target: str) -> Route:
-    """Route ``method target`` like dockerd does, or raise RouteError with the reason."""
+    """Route ``method target`` like dockerd does, or raise RouteError with the reason.
+
+    Both doors route each request several times (gateway, engine, plugin): short targets are
+    remembered. Routes are shared, so nothing may change a Route's dicts (copy them instead).
+    """
+    if len(target) <= _CACHED_TARGET_MAX:
+        return _parse_route_cached(method, target)
+    return _parse_route(method, target)
+
+
+_CACHED_TARGET_MAX = 512
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_route_cached(method: str, target: str) -> Route:
+    return _parse_route(method, target)
+
+
+def _parse_route(method: str, target: str) -> Route:
     if not target.startswith("/"):
         raise RouteError(f"request target {target[:80]!r} is not an absolute path")
     path, _, query_text = target.partition("?")

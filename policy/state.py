@@ -47,6 +47,9 @@ def _no_symlinks(path: str) -> str:
 class State:
     now: float = 0.0
     target: ObjectFacts | None = None  # the object the route names (None: does not exist)
+    # The target was not looked up: dockerd's answer to this read will describe it (see
+    # engine.ANSWER_NAMES_TARGET), and the engine decides again once it has that answer.
+    target_in_answer: bool = False
     related: Mapping[str, ObjectFacts] = field(default_factory=dict)  # objects the body names
     user_containers: int = 0  # containers the user already has (for max_containers)
     cgroup_driver: str = "cgroupfs"

@@ -27,13 +27,17 @@ from ..docker_client import DockerError
 from ..identities import IdentityCache, container_of_pid
 from ..service import Service
 from ..tickets import TOKEN_HEADER
-from .types import Forward, PeerCred, Reply, RequestHead
+from .types import Client, Forward, PeerCred, Reply, RequestHead
 
 log = logging.getLogger("ds01.gateway")
 
 # The AuthZ plugin sees request bodies only up to 1 MiB; the gateway buffers no more than
 # that, so every body it approves is also one the plugin can check.
 MAX_JSON_BODY = 2**20 - 1
+# The most of dockerd's answer to a screened read (an inspect) the gateway reads to decide on.
+MAX_SCREENED_ANSWER = 16 * 2**20
+# A create's answer is its ID and warnings.
+MAX_CREATE_ANSWER = 64 * 1024
 _HIJACKED = {"/containers/{id}/attach", "/exec/{id}/start"}
 
 
@@ -52,7 +56,7 @@ class GatewayHandler:
         self.identity_for_uid = IdentityCache()
         self.api = Api(service, lifecycle)
 
-    def body_limit(self, peer: PeerCred, head: RequestHead) -> int | None:
+    def body_limit(self, client: Client, head: RequestHead) -> int | None:
         route = route_of(Request(head.method, head.target))
         if route is not None and (
             route.endpoint in BODY_SHAPES or route.endpoint in OPTIONAL_BODY_SHAPES
@@ -60,8 +64,15 @@ class GatewayHandler:
             return MAX_JSON_BODY
         return None
 
-    async def identify(self, peer: PeerCred) -> Identity:
-        """The user behind a connection: its uid, or the owner of the container it runs in."""
+    async def identify(self, client: Client) -> Identity:
+        """The user behind a connection, fixed for its life: worked out on its first request."""
+        if client.context is None:
+            client.context = await self._identify(client.peer)
+        identity: Identity = client.context
+        return identity
+
+    async def _identify(self, peer: PeerCred) -> Identity:
+        """A peer's uid, or the owner of the container it runs in."""
         container = container_of_pid(peer.pid, self.proc)
         if container is None:
             return self.identity_for_uid(peer.uid)
@@ -74,10 +85,10 @@ class GatewayHandler:
             return Identity(uid=None, user=owner or f"container:{container[:12]}")
 
     async def decide(
-        self, peer: PeerCred, head: RequestHead, body: bytes | None
+        self, client: Client, head: RequestHead, body: bytes | None
     ) -> Forward | Reply:
         try:
-            return await self._decide(peer, head, body)
+            return await self._decide(client, head, body)
         except DockerError as exc:
             return json_reply(
                 502,
@@ -90,9 +101,9 @@ class GatewayHandler:
             )
 
     async def _decide(
-        self, peer: PeerCred, head: RequestHead, body: bytes | None
+        self, client: Client, head: RequestHead, body: bytes | None
     ) -> Forward | Reply:
-        identity = await self.identify(peer)
+        identity = await self.identify(client)
         if head.target.startswith(API_PREFIX):
             status, data = await self.api.handle(identity, head.method, head.target)
             return Reply(status=status, body=json.dumps(data, default=str).encode())
@@ -105,14 +116,17 @@ class GatewayHandler:
         assert route is not None  # decide() denies what does not route
         target = _with_query(head.target, decision.query) if decision.query else head.target
         new_body = body
-        on_response = on_close = None
-        capture = 0
+        on_response: Callable[[int, bytes], Awaitable[Reply | None]] | None = None
+        on_close = None
+        answer_limit = 0
+        if decision.decide_on_answer:
+            on_response, answer_limit = self._screen(request, identity), MAX_SCREENED_ANSWER
         if route.endpoint == "/containers/create":
             prepared = await self._prepare_create(route, identity, limits, decision)
             if isinstance(prepared, Reply):
                 return prepared
             new_body, on_response, on_close = prepared
-            capture = 64 * 1024
+            answer_limit = MAX_CREATE_ANSWER
         elif decision.body is not None:
             new_body = dumps_canonical(decision.body)
         refusal = await self.service.start_guard(request, identity)
@@ -134,7 +148,7 @@ class GatewayHandler:
         return Forward(
             head=RequestHead(head.method, target, headers, head.http_version),
             body=new_body,
-            capture_response=capture,
+            response_limit=answer_limit,
             on_response=on_response,
             on_close=closed,
             hijack=_hijacked(route, new_body),
@@ -144,7 +158,11 @@ class GatewayHandler:
         self, route: Route, identity: Identity, limits: Limits, decision: Decision
     ) -> (
         Reply
-        | tuple[bytes, Callable[[int, bytes], Awaitable[None]], Callable[[bool], Awaitable[None]]]
+        | tuple[
+            bytes,
+            Callable[[int, bytes], Awaitable[Reply | None]],
+            Callable[[bool], Awaitable[None]],
+        ]
     ):
         body: dict[str, Any] = decision.body or {}
         service = self.service
@@ -206,6 +224,19 @@ class GatewayHandler:
                 service.gpus.rollback(reservation)
 
         return raw, on_response, on_close
+
+    def _screen(
+        self, request: Request, identity: Identity
+    ) -> Callable[[int, bytes], Awaitable[Reply | None]]:
+        """The owner check of a self-describing read, made on dockerd's answer to it."""
+
+        async def on_response(status: int, answer: bytes) -> Reply | None:
+            decision = await self.service.decide_on_answer(request, identity, status, answer)
+            if decision is None or decision.allowed:
+                return None
+            return deny_reply(decision)
+
+        return on_response
 
     async def _create_named_volumes(self, body: dict[str, Any], identity: Identity) -> None:
         # dockerd would create them unlabelled, invisible to their creator: create them owned.

@@ -22,12 +22,12 @@ import stat
 import tempfile
 import time
 from collections.abc import Awaitable, Coroutine, Iterable
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import h11
 
 from .peer import peer_credentials
-from .types import Forward, Handler, PeerCred, Reply, RequestHead
+from .types import Client, Forward, Handler, PeerCred, Reply, RequestHead
 
 # Large reads keep the per-byte Python cost negligible on bulk transfers (cp, save, build).
 READ_SIZE = 256 * 1024
@@ -42,11 +42,17 @@ _MAX_TRAILERS = 64 * 1024
 # Bytes of a pipelined next request we hold while a response is still being relayed.
 _MAX_READ_AHEAD = 64 * 1024
 _HANGUP_POLL_S = 1.0
+# Most answers take milliseconds: watching the client for a hang-up (a task and a pending read)
+# only pays off on long ones (logs -f, events, pull), so the watch starts after a moment.
+_WATCH_AFTER_S = 0.2
 _LINGER_S = 2.0
 _LINGER_BYTES = 1024 * 1024
 _CLOSE_WAIT_S = 1.0
 # An upstream connection idle longer than this is not trusted with a body we cannot replay.
 _UPSTREAM_IDLE_S = 30.0
+# Clean dockerd connections kept for the next client: the docker CLI connects anew for every
+# command, and a connection at hand saves it a connect and a transport setup.
+_IDLE_UPSTREAMS = 16
 _HOP_UPGRADE = {"upgrade", "http2-settings"}
 _DOCKER_STREAMS = (
     b"application/vnd.docker.raw-stream",
@@ -59,6 +65,7 @@ UNREACHABLE = (
 )
 
 _NO_BODY, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
+_T = TypeVar("_T")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
@@ -97,7 +104,9 @@ class Gateway:
         self._path: str | None = None
         self._inode: tuple[int, int] | None = None
         self._conns: set[_Connection] = set()
-        self._callbacks: set[asyncio.Task[None]] = set()
+        self._callbacks: set[asyncio.Task[Any]] = set()
+        self._idle: list[_Upstream] = []
+        self._stopping = False
 
     @property
     def connections(self) -> int:
@@ -138,6 +147,7 @@ class Gateway:
 
     async def stop(self) -> None:
         """Stop listening, end every connection (and its dockerd side), remove the socket."""
+        self._stopping = True
         if self._server is not None:
             self._server.close()
         conns = list(self._conns)
@@ -148,6 +158,8 @@ class Gateway:
             await asyncio.wait(tasks)
         if self._callbacks:
             await asyncio.wait(list(self._callbacks))
+        while self._idle:
+            self._idle.pop().abort()
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -167,17 +179,35 @@ class Gateway:
         finally:
             self._conns.discard(conn)
 
-    async def run_callback(self, what: str, call: Awaitable[None]) -> None:
-        """Run a handler callback to completion even if the connection is torn down meanwhile."""
+    async def run_callback(self, what: str, call: Awaitable[_T]) -> tuple[bool, _T | None]:
+        """Run a handler callback to completion even if the connection is torn down meanwhile;
+        (True, its result), or (False, None) when it raised."""
         task = asyncio.ensure_future(call)
         self._callbacks.add(task)
         task.add_done_callback(self._callbacks.discard)
         try:
-            await asyncio.shield(task)
+            return True, await asyncio.shield(task)
         except asyncio.CancelledError:
             raise
         except Exception:  # a buggy callback must not take the connection down
             self.log.exception("gateway: %s callback failed", what)
+            return False, None
+
+    def take_upstream(self) -> _Upstream | None:
+        """A clean idle dockerd connection left by an earlier client, if one is still open."""
+        while self._idle:
+            up = self._idle.pop()
+            if up.usable():
+                return up
+            up.abort()
+        return None
+
+    def keep_upstream(self, up: _Upstream) -> None:
+        """Keep a dockerd connection whose last exchange ended cleanly, for the next client."""
+        if self._stopping or not up.usable() or len(self._idle) >= _IDLE_UPSTREAMS:
+            up.abort()
+        else:
+            self._idle.append(up)
 
 
 def _remove_stale_socket(path: str) -> None:
@@ -219,7 +249,7 @@ class _Connection:
         self.reader, self.writer = reader, writer
         self.sock = writer.get_extra_info("socket")
         self.task = asyncio.current_task()
-        self.peer = PeerCred(pid=0, uid=-1, gid=-1)
+        self.client = Client(PeerCred(pid=0, uid=-1, gid=-1))
         self.up: _Upstream | None = None
         # Client bytes read but not parsed yet (a pipelined request, the start of a raw stream).
         self.ahead = bytearray()
@@ -228,6 +258,7 @@ class _Connection:
         # so cancelling the watcher never loses bytes.
         self.client_read: asyncio.Future[bytes] | None = None
         self.watcher: asyncio.Task[None] | None = None
+        self.watch_timer: asyncio.TimerHandle | None = None
         self.children: set[asyncio.Task[Any]] = set()
         self.aborted: str | None = None
         self.linger = False
@@ -237,7 +268,7 @@ class _Connection:
 
     async def serve(self) -> None:
         try:
-            self.peer = peer_credentials(self.sock)
+            self.client = Client(peer_credentials(self.sock))
             while await self._serve_one():
                 pass
         except asyncio.CancelledError:
@@ -246,11 +277,13 @@ class _Connection:
             # Our own abort: the cancellation is spent, so the teardown below may await.
             if self.task is not None:
                 self.task.uncancel()
-            self.log.debug("gateway: connection from pid %d ended: %s", self.peer.pid, self.aborted)
+            self.log.debug(
+                "gateway: connection from pid %d ended: %s", self.client.peer.pid, self.aborted
+            )
         except _ClientGone as exc:
-            self.log.debug("gateway: client pid %d went away: %s", self.peer.pid, exc)
+            self.log.debug("gateway: client pid %d went away: %s", self.client.peer.pid, exc)
         except Exception:  # one bad connection must never stop the server
-            self.log.exception("gateway: connection from pid %d failed", self.peer.pid)
+            self.log.exception("gateway: connection from pid %d failed", self.client.peer.pid)
         finally:
             await self._teardown()
 
@@ -268,7 +301,10 @@ class _Connection:
         if self.client_read is not None:
             self.client_read.cancel()
             await asyncio.wait((self.client_read,))
-        self._drop_upstream()
+        if self.up is not None:
+            # Only a clean connection is still held between exchanges (see _Exchange.run).
+            self.gw.keep_upstream(self.up)
+            self.up = None
         transport = self.writer.transport
         if self.linger and not transport.is_closing():
             await self._lingering_close()
@@ -306,6 +342,7 @@ class _Connection:
         return task
 
     async def _stop_children(self) -> None:
+        self._cancel_watch_timer()
         tasks = list(self.children)
         for task in tasks:
             task.cancel()
@@ -360,10 +397,21 @@ class _Connection:
             await asyncio.sleep(_HANGUP_POLL_S)
 
     def _watch(self) -> None:
+        self._cancel_watch_timer()
         if self.watcher is None or self.watcher.done():
             self.watcher = self._spawn(self._watch_client())
 
+    def _watch_soon(self) -> None:
+        if self.watch_timer is None and (self.watcher is None or self.watcher.done()):
+            self.watch_timer = asyncio.get_running_loop().call_later(_WATCH_AFTER_S, self._watch)
+
+    def _cancel_watch_timer(self) -> None:
+        if self.watch_timer is not None:
+            self.watch_timer.cancel()
+            self.watch_timer = None
+
     async def _unwatch(self) -> None:
+        self._cancel_watch_timer()
         watcher, self.watcher = self.watcher, None
         if watcher is not None:
             watcher.cancel()
@@ -392,13 +440,14 @@ class _Connection:
             self.abort("client hung up while dockerd was answering")
 
     def _write_head(
-        self, status: int, reason: bytes, headers: Iterable[tuple[bytes, bytes]]
+        self,
+        status: int,
+        reason: bytes,
+        headers: Iterable[tuple[bytes, bytes]],
+        body: bytes | memoryview = b"",
     ) -> None:
-        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-        for name, value in headers:
-            parts += (name, b": ", value, b"\r\n")
-        parts.append(b"\r\n")
-        self.writer.write(b"".join(parts))
+        """Write a response head, and the start of its body in the same write (one syscall)."""
+        self.writer.write(_head_bytes(status, reason, headers) + body)
 
     async def _reply(self, reply: Reply, *, head_only: bool, close: bool) -> None:
         headers = [
@@ -414,9 +463,7 @@ class _Connection:
             reason = http.HTTPStatus(reply.status).phrase.encode()
         except ValueError:
             reason = b""
-        self._write_head(reply.status, reason, headers)
-        if not head_only and reply.body:
-            self.writer.write(reply.body)
+        self._write_head(reply.status, reason, headers, b"" if head_only else reply.body)
         await self._drain_client()
 
     async def _fail(self, status: int, message: str, *, head_only: bool = False) -> None:
@@ -454,7 +501,7 @@ class _Connection:
         close = request.http_version != b"1.1" or _has_token(request.headers, b"close")
         has_body = chunked or bool(length)
         try:
-            limit = self.gw.handler.body_limit(self.peer, head)
+            limit = self.gw.handler.body_limit(self.client, head)
         except Exception:  # fail closed
             self.log.exception("gateway: body_limit failed for %s %s", head.method, head.target)
             await self._fail(500, "ds01: internal error in the gateway; request not forwarded")
@@ -470,7 +517,7 @@ class _Connection:
             if body is None:
                 return False
         try:
-            action = await self.gw.handler.decide(self.peer, head, body)
+            action = await self.gw.handler.decide(self.client, head, body)
         except Exception:  # fail closed
             self.log.exception("gateway: decide failed for %s %s", head.method, head.target)
             await self._fail(500, "ds01: internal error in the gateway; request not forwarded")
@@ -559,7 +606,9 @@ class _Connection:
     # -- dockerd ---------------------------------------------------------------------------
 
     async def upstream(self, *, replayable: bool) -> _Upstream:
-        """This connection's dockerd connection, opened now if dockerd closed the last one."""
+        """This connection's dockerd connection: its own, an idle one, or a new one."""
+        if self.up is None:
+            self.up = self.gw.take_upstream()
         up = self.up
         fresh_enough = up is not None and time.monotonic() - up.idle_since < _UPSTREAM_IDLE_S
         if up is not None and up.usable() and (replayable or fresh_enough):
@@ -710,15 +759,13 @@ class _Exchange:
                 return None
             hc = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_RESPONSE_HEAD)
             try:
-                up.writer.write(hc.send(request) or b"")
-                if self.send_body:
-                    up.writer.write(self.send_body)
+                up.writer.write((hc.send(request) or b"") + (self.send_body or b""))
                 if self.streaming:
                     if self.pump is None:
                         conn._continue(self.parser)
                         self.pump = conn._spawn(self._pump(up))
                 else:
-                    conn._watch()
+                    conn._watch_soon()
                 await self._drain_up(up)
                 response, rest = await self._read_head(up, hc)
                 return up, response, rest
@@ -843,31 +890,22 @@ class _Exchange:
         if not self.keep_client and not _has_token(response.headers, b"close"):
             headers = [(k, v) for k, v in headers if k.lower() != b"connection"]
             headers.append((b"Connection", b"close"))
-        cap = fwd.capture_response if fwd.on_response is not None else 0
-        if framing == _NO_BODY or (framing == _LENGTH and 0 < length <= cap):
-            # Small captured bodies are read whole first, so the handler sees dockerd's answer
-            # (e.g. a created container's ID) before the client can act on it.
-            body = await self._read_exact(up, rest, length) if framing == _LENGTH else b""
-            if fwd.on_response is not None:
-                await conn.gw.run_callback("on_response", fwd.on_response(status, body[:cap]))
-            conn._write_head(status, response.reason, headers)
-            if body:
-                conn.writer.write(body)
+        if fwd.on_response is not None:
+            if not await self._answer_via_handler(up, response, headers, rest, dechunk):
+                return False
         else:
-            conn._write_head(status, response.reason, headers)
-            captured = bytearray() if cap else None
+            head = _head_bytes(status, response.reason, headers)
             if framing == _LENGTH:
-                clean = await self._relay_length(up, rest, length, captured, cap)
+                clean = await self._relay_length(up, rest, length, head)
             elif framing == _CHUNKED:
-                clean = await self._relay_chunked(up, rest, captured, cap, dechunk)
+                clean = await self._relay_chunked(up, rest, dechunk, head)
+            elif framing == _UNTIL_CLOSE:
+                clean = await self._relay_until_close(up, rest, head)
             else:
-                clean = await self._relay_until_close(up, rest, captured, cap)
+                conn.writer.write(head)
+                clean = not rest
             if not clean:
                 self.reuse_up = False  # bytes after the response: do not trust this connection
-            if fwd.on_response is not None:
-                await conn.gw.run_callback(
-                    "on_response", fwd.on_response(status, bytes(captured or b""))
-                )
         await conn._drain_client()
         if self.pump is not None and (not self.pump.done() or not self.pump.result()):
             # dockerd answered before taking the whole body: neither side can be reused,
@@ -875,6 +913,92 @@ class _Exchange:
             self.keep_client = self.reuse_up = False
             conn.linger = True
         return True
+
+    async def _answer_via_handler(
+        self,
+        up: _Upstream,
+        response: h11.Response | h11.InformationalResponse,
+        headers: list[tuple[bytes, bytes]],
+        rest: bytes,
+        dechunk: bool,
+    ) -> bool:
+        """Read dockerd's whole answer, show it to the handler, send it or its replacement.
+
+        The client sees nothing before the handler has: a create's container ID is bound to
+        its GPUs before the client can start it, and a screened read is never half-relayed.
+        """
+        conn, limit = self.conn, self.fwd.response_limit
+        head_only = self.method == b"HEAD"
+        whole = await self._read_whole(up, response, rest, limit)
+        if whole is None:
+            self.reuse_up = False
+            await self._bad_gateway(
+                f"ds01: the Docker daemon's answer is larger than the gateway checks "
+                f"({limit} bytes); it was not relayed"
+            )
+            return False
+        raw, body = whole
+        assert self.fwd.on_response is not None
+        done, replacement = await conn.gw.run_callback(
+            "on_response", self.fwd.on_response(response.status_code, body)
+        )
+        if not done:
+            await conn._fail(
+                500,
+                "ds01: internal error in the gateway; dockerd's answer withheld",
+                head_only=head_only,
+            )
+            return False
+        if replacement is not None:
+            await conn._reply(replacement, head_only=head_only, close=not self.keep_client)
+            return True
+        conn._write_head(response.status_code, response.reason, headers, body if dechunk else raw)
+        return True
+
+    async def _read_whole(
+        self,
+        up: _Upstream,
+        response: h11.Response | h11.InformationalResponse,
+        rest: bytes,
+        limit: int,
+    ) -> tuple[bytes, bytes] | None:
+        """(the body as framed on the wire, the body decoded); None once it exceeds limit."""
+        framing, length = _framing(self.method, response)
+        if framing == _NO_BODY:
+            self.reuse_up = self.reuse_up and not rest
+            return b"", b""
+        if framing == _LENGTH:
+            if length > limit:
+                return None
+            body = await self._read_exact(up, rest, length)
+            return body, body
+        raw, body = bytearray(), bytearray()
+        scanner = _ChunkScanner() if framing == _CHUNKED else None
+        data = rest
+        while True:
+            if scanner is not None and data:
+                pieces: list[memoryview] = []
+                try:
+                    used = scanner.feed(data, pieces)
+                except _BadChunking as exc:
+                    raise _UpstreamGone(f"bad chunked framing: {exc}") from exc
+                raw += data[:used]
+                for piece in pieces:
+                    body += piece
+            elif data:
+                raw += data
+                body += data
+            # Chunk framing may cost a few bytes per payload byte; bound both.
+            if len(body) > limit or len(raw) > 2 * limit + _MAX_CHUNK_LINE:
+                return None
+            if scanner is not None and scanner.done:
+                self.reuse_up = self.reuse_up and used == len(data)
+                return bytes(raw), bytes(body)
+            data = await self._read_up(up)
+            if not data:
+                if scanner is not None:
+                    raise _UpstreamGone("closed mid-response")
+                return bytes(raw), bytes(body)
 
     async def _read_exact(self, up: _Upstream, rest: bytes, length: int) -> bytes:
         parts = [rest[:length]]
@@ -892,9 +1016,10 @@ class _Exchange:
             size += len(data)
         return b"".join(parts)
 
-    async def _relay_length(
-        self, up: _Upstream, data: bytes, left: int, captured: bytearray | None, cap: int
-    ) -> bool:
+    # The relays below send the response head with the first body bytes when they are already
+    # here (one write, one syscall), else on its own before waiting for dockerd.
+
+    async def _relay_length(self, up: _Upstream, data: bytes, left: int, head: bytes) -> bool:
         w = self.conn.writer
         while True:
             if data:
@@ -902,63 +1027,53 @@ class _Exchange:
                 if not clean:
                     data = data[:left]
                 left -= len(data)
-                w.write(data)
-                if captured is not None and len(captured) < cap:
-                    captured += data[: cap - len(captured)]
+                w.write(head + data if head else data)
+                head = b""
                 if left == 0:
                     return clean
                 await self.conn._drain_client()
             elif left == 0:
+                w.write(head)
                 return True
+            if head:
+                w.write(head)
+                head = b""
             data = await self._read_up(up)
             if not data:
                 raise _UpstreamGone("closed mid-response")
 
-    async def _relay_chunked(
-        self,
-        up: _Upstream,
-        data: bytes,
-        captured: bytearray | None,
-        cap: int,
-        dechunk: bool,
-    ) -> bool:
+    async def _relay_chunked(self, up: _Upstream, data: bytes, dechunk: bool, head: bytes) -> bool:
         w = self.conn.writer
         scanner = _ChunkScanner()
         while True:
             if data:
-                payload: list[memoryview] | None = [] if (dechunk or captured is not None) else None
+                payload: list[memoryview] | None = [] if dechunk else None
                 try:
                     used = scanner.feed(data, payload)
                 except _BadChunking as exc:
                     raise _UpstreamGone(f"bad chunked framing: {exc}") from exc
-                if dechunk:
-                    assert payload is not None
-                    for piece in payload:
-                        w.write(piece)
+                if payload is not None:
+                    w.write(b"".join((head, *payload)))
                 else:
-                    w.write(data if used == len(data) else data[:used])
-                if captured is not None and payload is not None:
-                    for piece in payload:
-                        if len(captured) >= cap:
-                            break
-                        captured += piece[: cap - len(captured)]
+                    w.write(head + (data if used == len(data) else data[:used]))
+                head = b""
                 if scanner.done:
                     return used == len(data)
                 await self.conn._drain_client()
+            elif head:
+                w.write(head)
+                head = b""
             data = await self._read_up(up)
             if not data:
                 raise _UpstreamGone("closed mid-response")
 
-    async def _relay_until_close(
-        self, up: _Upstream, data: bytes, captured: bytearray | None, cap: int
-    ) -> bool:
+    async def _relay_until_close(self, up: _Upstream, data: bytes, head: bytes) -> bool:
         w = self.conn.writer
+        w.write(head + data)
         while data:
-            w.write(data)
-            if captured is not None and len(captured) < cap:
-                captured += data[: cap - len(captured)]
             await self.conn._drain_client()
             data = await self._read_up(up)
+            w.write(data)
         return True
 
     async def _hijacked(
@@ -971,12 +1086,14 @@ class _Exchange:
             return False  # the raw stream starts only once the request is complete
         await conn._unwatch()
         if self.fwd.on_response is not None:
-            await conn.gw.run_callback(
+            # A raw stream has no answer to read first: the handler sees the status alone.
+            done, replacement = await conn.gw.run_callback(
                 "on_response", self.fwd.on_response(response.status_code, b"")
             )
-        conn._write_head(response.status_code, response.reason, response.headers.raw_items())
-        if rest:
-            conn.writer.write(rest)
+            if not done or replacement is not None:
+                await conn._fail(500, "ds01: internal error in the gateway; stream not relayed")
+                return False
+        conn._write_head(response.status_code, response.reason, response.headers.raw_items(), rest)
         to_docker = conn._spawn(self._pipe_to_docker(up))
         try:
             while True:
@@ -1078,11 +1195,31 @@ class _ChunkScanner:
         return end
 
 
+def _head_bytes(status: int, reason: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+class _Headers(Protocol):
+    """h11's header list (its class is not public)."""
+
+    def raw_items(self) -> list[tuple[bytes, bytes]]: ...
+
+
+def _lowered(headers: _Headers) -> list[tuple[bytes, bytes]]:
+    # Iterating h11's Headers goes through the generic Sequence protocol, an item at a time;
+    # raw_items() is one list. Header names compare lower-cased, as h11 normalises them.
+    return [(name.lower(), value) for name, value in headers.raw_items()]
+
+
 def _request_framing(request: h11.Request) -> tuple[bool, int | None, str | None]:
     """(chunked, content length, problem) of a request h11 accepted."""
     chunked = False
     length: int | None = None
-    for name, value in request.headers:
+    for name, value in _lowered(request.headers):
         if name == b"transfer-encoding":
             chunked = True
         elif name == b"content-length":
@@ -1098,7 +1235,7 @@ def _framing(method: bytes, response: h11.Response | h11.InformationalResponse) 
     if method == b"HEAD" or response.status_code in (204, 304) or response.status_code < 200:
         return _NO_BODY, 0
     length: int | None = None
-    for name, value in response.headers:
+    for name, value in _lowered(response.headers):
         if name == b"transfer-encoding":
             return _CHUNKED, 0  # h11 admits no coding but chunked
         if name == b"content-length":
@@ -1108,8 +1245,8 @@ def _framing(method: bytes, response: h11.Response | h11.InformationalResponse) 
     return _UNTIL_CLOSE, 0
 
 
-def _has_token(headers: Iterable[tuple[bytes, bytes]], token: bytes) -> bool:
-    for name, value in headers:
+def _has_token(headers: _Headers, token: bytes) -> bool:
+    for name, value in _lowered(headers):
         if name == b"connection" and token in (t.strip().lower() for t in value.split(b",")):
             return True
     return False
@@ -1118,7 +1255,7 @@ def _has_token(headers: Iterable[tuple[bytes, bytes]], token: bytes) -> bool:
 def _is_docker_stream(response: h11.Response | h11.InformationalResponse) -> bool:
     # dockerd hijacks attach/exec without an Upgrade header too, and then answers with one of
     # its stream content types and no framing at all.
-    for name, value in response.headers:
+    for name, value in _lowered(response.headers):
         if name == b"content-type" and value.split(b";")[0].strip().lower() in _DOCKER_STREAMS:
             return True
     return False

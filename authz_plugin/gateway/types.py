@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,18 @@ class PeerCred:
     pid: int
     uid: int
     gid: int
+
+
+@dataclass(eq=False)
+class Client:
+    """One client connection as the handler sees it.
+
+    ``peer`` is fixed when the client connects; ``context`` is the handler's to fill (with the
+    identity it derives from ``peer``), so that work is done once per connection.
+    """
+
+    peer: PeerCred
+    context: Any = None
 
 
 @dataclass(frozen=True)
@@ -44,17 +56,18 @@ class Forward:
 
     ``body`` replaces the request body (the proxy sets Content-Length and drops
     Transfer-Encoding); None forwards the client's body unchanged (the buffered one, or the
-    stream as it arrives). ``capture_response`` > 0 hands up to that many bytes of the response
-    body to ``on_response`` (the client still gets the whole response unchanged).
-    ``on_close(ok)`` runs exactly once when the exchange ends: ok is True when the response was
-    relayed in full. ``hijack`` marks routes dockerd hijacks (attach, exec start): once dockerd
+    stream as it arrives). With ``on_response``, dockerd's whole answer (its body decoded, at
+    most ``response_limit`` bytes, else the client gets a 502) is read before the client sees
+    any of it; ``on_response(status, body)`` returns None to relay it unchanged, or a Reply to
+    send instead. ``on_close(ok)`` runs exactly once when the exchange ends: ok is True when
+    the client got the whole answer. ``hijack`` marks routes dockerd hijacks (attach, exec start): once dockerd
     answers 101, or a body-less stream, the connection becomes a raw two-way pipe.
     """
 
     head: RequestHead
     body: bytes | None = None
-    capture_response: int = 0
-    on_response: Callable[[int, bytes], Awaitable[None]] | None = None
+    response_limit: int = 0
+    on_response: Callable[[int, bytes], Awaitable[Reply | None]] | None = None
     on_close: Callable[[bool], Awaitable[None]] | None = None
     hijack: bool = False
 
@@ -72,12 +85,12 @@ class Reply:
 class Handler(Protocol):
     """What the proxy asks about every request it parses."""
 
-    def body_limit(self, peer: PeerCred, head: RequestHead) -> int | None:
+    def body_limit(self, client: Client, head: RequestHead) -> int | None:
         """None streams the body to dockerd; an int buffers it (413 above it) for decide()."""
         ...
 
     async def decide(
-        self, peer: PeerCred, head: RequestHead, body: bytes | None
+        self, client: Client, head: RequestHead, body: bytes | None
     ) -> Forward | Reply:
         """Forward the request (possibly rewritten) or answer it directly."""
         ...

@@ -239,11 +239,32 @@ def test_someone_elses_container_does_not_exist(clean):
 def test_admin_acts_on_anyone_and_is_audited(clean):
     """An admin may stop another user's container, and the audit log records it."""
     ok(clean.docker("run", "-d", "--name", "adm", IMAGE, "sleep", "300", user=ALICE))
+    ok(clean.docker("inspect", "adm", user=DANA))
     ok(clean.docker("stop", "-t", "0", "adm", user=DANA))
     events = [
         e for e in clean.audit_events() if e.get("event") == "admin" and e.get("user") == DANA
     ]
     assert any("/stop" in (e.get("endpoint") or "") for e in events), events
+    # inspect is decided on dockerd's answer (no lookup first); it is audited all the same
+    assert any(
+        e.get("endpoint") == "GET /containers/adm/json" and e.get("container") for e in events
+    ), events
+
+
+def test_inspect_shows_your_own_objects_and_no_one_elses(clean):
+    """Inspect is forwarded and decided on the object dockerd returns (its owner label)."""
+    ok(clean.docker("run", "-d", "--name", "seen", IMAGE, "sleep", "300", user=ALICE))
+    ok(clean.docker("volume", "create", "e2e-vol-seen", user=ALICE))
+    [mine] = json.loads(ok(clean.docker("inspect", "seen", user=ALICE)))
+    assert mine["Config"]["Labels"]["ds01.user"] == ALICE
+    [vol] = json.loads(ok(clean.docker("volume", "inspect", "e2e-vol-seen", user=ALICE)))
+    assert vol["Labels"]["ds01.user"] == ALICE
+    for args in (("inspect", "seen"), ("container", "inspect", mine["Id"][:12])):
+        refused(clean.docker(*args, user=BOB), "No such")
+    refused(clean.docker("volume", "inspect", "e2e-vol-seen", user=BOB), "No such volume")
+    # nothing of the object leaks into the refusal
+    assert mine["Id"] not in clean.docker("inspect", "seen", user=BOB).stdout
+    ok(clean.docker("volume", "rm", "e2e-vol-seen", user=ALICE))
 
 
 def test_other_users_volume_is_invisible(clean):

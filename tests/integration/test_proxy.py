@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from authz_plugin.gateway.proxy import Gateway
-from authz_plugin.gateway.types import Forward, PeerCred, Reply, RequestHead
+from authz_plugin.gateway.types import Client, Forward, Reply, RequestHead
 from tests.harness.dockerd import PrivateDockerd, docker
 from tests.harness.images import import_busybox_image
 
@@ -44,16 +44,16 @@ class PassThrough:
     """Forwards every request; hijacks the routes dockerd hijacks."""
 
     def __init__(self) -> None:
-        self.requests: list[tuple[PeerCred, str, str]] = []
+        self.requests: list[tuple[Client, str, str]] = []
 
-    def body_limit(self, peer: PeerCred, head: RequestHead) -> int | None:
+    def body_limit(self, client: Client, head: RequestHead) -> int | None:
         # exec start's small JSON body says whether the stream is detached.
         return 65536 if _EXEC_START.match(head.target) else None
 
     async def decide(
-        self, peer: PeerCred, head: RequestHead, body: bytes | None
+        self, client: Client, head: RequestHead, body: bytes | None
     ) -> Forward | Reply:
-        self.requests.append((peer, head.method, head.target))
+        self.requests.append((client, head.method, head.target))
         hijack = bool(_ATTACH.match(head.target))
         if _EXEC_START.match(head.target):
             try:
@@ -149,7 +149,7 @@ def test_version_negotiates_through_the_gateway(gw, dockerd):
 
 def test_peer_credentials_reach_the_handler(gw):
     ok(via(gw, "info", "--format", "{{.ID}}"))
-    peer = gw.handler.requests[-1][0]
+    peer = gw.handler.requests[-1][0].peer
     assert (peer.uid, peer.gid) == (os.getuid(), os.getgid()) and peer.pid > 0
 
 

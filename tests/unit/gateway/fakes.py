@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import h11
 
-from authz_plugin.gateway.types import Forward, PeerCred, Reply, RequestHead
+from authz_plugin.gateway.types import Client, Forward, Reply, RequestHead
 
 
 @dataclass
@@ -149,26 +149,28 @@ class PassThrough:
         self.bodies: list[bytes | None] = []
         self.closed: list[bool] = []
         self.responses: list[tuple[int, bytes]] = []
-        self.capture = 0
+        self.answer_limit = 0  # > 0: dockerd's whole answer goes to on_response first
+        self.replacement: Reply | None = None  # what on_response answers instead
 
-    def body_limit(self, peer: PeerCred, head: RequestHead) -> int | None:
+    def body_limit(self, client: Client, head: RequestHead) -> int | None:
         return self.limit
 
     async def decide(
-        self, peer: PeerCred, head: RequestHead, body: bytes | None
+        self, client: Client, head: RequestHead, body: bytes | None
     ) -> Forward | Reply:
         self.heads.append(head)
         self.bodies.append(body)
         return Forward(
             head,
             hijack=self.hijack,
-            capture_response=self.capture,
-            on_response=self._on_response,
+            response_limit=self.answer_limit,
+            on_response=self._on_response if self.answer_limit else None,
             on_close=self._on_close,
         )
 
-    async def _on_response(self, status: int, body: bytes) -> None:
+    async def _on_response(self, status: int, body: bytes) -> Reply | None:
         self.responses.append((status, body))
+        return self.replacement
 
     async def _on_close(self, ok: bool) -> None:
         self.closed.append(ok)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 
-from authz_plugin.gateway.types import Forward, PeerCred, Reply, RequestHead
+from authz_plugin.gateway.types import Client, Forward, Reply, RequestHead
 
-from .fakes import PassThrough, Seen, UpstreamConn, read_response, serve_each
+from .fakes import PassThrough, Script, Seen, UpstreamConn, read_response, serve_each
 
 
 def echo_target(seen: Seen) -> tuple[int, bytes]:
@@ -53,7 +53,7 @@ async def test_rewritten_target_headers_and_body_reach_dockerd(rig):
     seen: list[Seen] = []
 
     class Rewrite:
-        def body_limit(self, peer: PeerCred, head: RequestHead) -> int | None:
+        def body_limit(self, client: Client, head: RequestHead) -> int | None:
             return 1024
 
         async def decide(self, peer, head, body):
@@ -204,10 +204,10 @@ async def test_unreachable_dockerd_is_502_json(rig):
     assert await handler.wait_closed(1) == [False]
 
 
-async def test_capture_hands_small_response_to_handler_first(rig):
-    """on_response sees dockerd's status and body; the client gets the same bytes."""
+async def test_handler_sees_the_whole_answer_before_the_client(rig):
+    """on_response sees dockerd's status and body; then the client gets the same bytes."""
     handler = PassThrough()
-    handler.capture = 1024
+    handler.answer_limit = 1024
     await rig.start(handler, serve_each(lambda s: (201, b'{"Id":"c0ffee"}')))
     reader, writer = await rig.client()
     writer.write(b"POST /containers/create HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
@@ -217,23 +217,71 @@ async def test_capture_hands_small_response_to_handler_first(rig):
     assert await handler.wait_closed(1) == [True]
 
 
-async def test_capture_of_chunked_response_is_capped(rig):
-    """A chunked response is relayed whole; on_response gets its first capture bytes."""
-
+def _chunked_hello(requests: int = 1) -> Script:
     async def script(conn: UpstreamConn) -> None:
-        await conn.read_request()
-        await conn.send(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-            b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
-        )
+        for _ in range(requests):
+            await conn.read_request()
+            await conn.send(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+            )
 
+    return script
+
+
+async def test_chunked_answer_reaches_the_handler_decoded_and_the_client_as_framed(rig):
     handler = PassThrough()
-    handler.capture = 7
-    await rig.start(handler, script)
+    handler.answer_limit = 11
+    await rig.start(handler, _chunked_hello())
     reader, writer = await rig.client()
     writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+    response = await read_response(reader)
+    assert response.body == b"hello world"
+    assert ("Transfer-Encoding", "chunked") in response.headers
+    assert handler.responses == [(200, b"hello world")]
+
+
+async def test_answer_over_the_limit_is_withheld_with_502(rig):
+    """A screened answer the gateway cannot read whole is never half-relayed."""
+    handler = PassThrough()
+    handler.answer_limit = 7
+    await rig.start(handler, _chunked_hello())
+    reader, writer = await rig.client()
+    writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+    response = await read_response(reader)
+    assert response.status == 502
+    assert "larger than the gateway checks (7 bytes)" in json.loads(response.body)["message"]
+    assert handler.responses == []
+    assert await handler.wait_closed(1) == [False]
+
+
+async def test_handler_replaces_an_answer_and_the_connection_stays_usable(rig):
+    handler = PassThrough()
+    handler.answer_limit = 1024
+    handler.replacement = Reply(404, b'{"message":"No such container: x"}')
+    await rig.start(handler, _chunked_hello(2))
+    reader, writer = await rig.client()
+    writer.write(b"GET /containers/x/json HTTP/1.1\r\nHost: x\r\n\r\n")
+    response = await read_response(reader)
+    assert (response.status, response.body) == (404, b'{"message":"No such container: x"}')
+    handler.replacement = None
+    writer.write(b"GET /containers/y/json HTTP/1.1\r\nHost: x\r\n\r\n")
     assert (await read_response(reader)).body == b"hello world"
-    assert handler.responses == [(200, b"hello w")]
+    assert [status for status, _ in handler.responses] == [200, 200]
+
+
+async def test_a_failing_answer_check_withholds_the_answer(rig):
+    class Broken(PassThrough):
+        async def _on_response(self, status: int, body: bytes) -> Reply | None:
+            raise RuntimeError("bug")
+
+    handler = Broken()
+    handler.answer_limit = 1024
+    await rig.start(handler, serve_each(lambda s: (200, b"secret")))
+    reader, writer = await rig.client()
+    writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+    response = await read_response(reader)
+    assert response.status == 500 and b"secret" not in response.body
 
 
 async def test_expect_100_continue_is_answered_by_the_gateway(rig):
