@@ -48,17 +48,22 @@ class DockerClient:
     ) -> Any:
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if data is not None else {}
-        async with self._client().request(
-            method, f"http://docker{API}{path}", params=params, data=data, headers=headers
-        ) as resp:
-            text = await resp.text()
-            if resp.status >= 400:
-                try:
-                    message = json.loads(text).get("message", text)
-                except ValueError:
-                    message = text
-                raise DockerError(resp.status, message)
-            return json.loads(text) if text.strip() else None
+        try:
+            async with self._client().request(
+                method, f"http://docker{API}{path}", params=params, data=data, headers=headers
+            ) as resp:
+                text = await resp.text()
+                status = resp.status
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            # Callers handle DockerError (and explain it); a dead socket is one too.
+            raise DockerError(503, f"dockerd is not reachable ({exc})") from exc
+        if status >= 400:
+            try:
+                message = json.loads(text).get("message", text)
+            except (ValueError, AttributeError):
+                message = text
+            raise DockerError(status, message)
+        return json.loads(text) if text.strip() else None
 
     async def _get_or_none(self, path: str) -> dict[str, Any] | None:
         """GET an object; None when dockerd says it does not exist."""

@@ -334,3 +334,42 @@ async def test_http10_client_gets_dechunked_body_then_close(rig):
     assert response.body == b"abcde"
     assert response.header("transfer-encoding") is None
     assert response.header("connection") == "close"
+
+
+async def _ask(rig, target: bytes = b"/x") -> bytes:
+    reader, writer = await rig.client()
+    writer.write(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    body = (await read_response(reader)).body
+    writer.close()
+    await asyncio.sleep(0.05)  # let the gateway see the close and keep the connection
+    return body
+
+
+async def test_a_clean_dockerd_connection_serves_the_next_client(rig):
+    """The docker CLI connects once per command: the gateway keeps dockerd's side open."""
+    await rig.start(PassThrough(), serve_each(echo_target))
+    for target in (b"/a", b"/b", b"/c"):
+        assert json.loads(await _ask(rig, target))["target"] == target.decode()
+    assert rig.dockerd.connections == 1
+
+
+async def test_a_dockerd_connection_with_stray_bytes_is_not_kept(rig):
+    """Bytes after a response mean its framing cannot be trusted: that connection is dropped."""
+
+    async def sloppy(conn: UpstreamConn) -> None:
+        while await conn.read_request() is not None:
+            await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA")
+
+    await rig.start(PassThrough(), sloppy)
+    assert await _ask(rig) == b"ok"
+    assert await _ask(rig) == b"ok"
+    assert rig.dockerd.connections == 2
+
+
+async def test_a_screened_answer_keeps_the_dockerd_connection(rig):
+    handler = PassThrough()
+    handler.answer_limit = 1024
+    await rig.start(handler, serve_each(echo_target))
+    await _ask(rig)
+    await _ask(rig)
+    assert rig.dockerd.connections == 1 and len(handler.responses) == 2
