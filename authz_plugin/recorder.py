@@ -62,7 +62,8 @@ class Recorder:
             return
         if (
             decision.allowed
-            and not decision.audited
+            # direct access is audited for what it does, not for root's routine reads
+            and (not decision.audited or identity.is_direct)
             and not decision.changes
             and endpoint in _QUIET
         ):
