@@ -10,6 +10,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -314,6 +315,7 @@ def main() -> int:
         noop_plugin.terminate()
         plain.stop()
         stack.stop()
+        shutil.rmtree(base, ignore_errors=True)
     return 0
 
 

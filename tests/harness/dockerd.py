@@ -23,9 +23,23 @@ MAX_SOCKET_PATH = 100
 def write_plugin_spec(name: str, socket_path: str | os.PathLike[str]) -> Path:
     """Write /etc/docker/plugins/<name>.spec pointing dockerd at a plugin's unix socket."""
     PLUGIN_SPEC_DIR.mkdir(parents=True, exist_ok=True)
+    remove_stale_plugin_specs()
     spec = PLUGIN_SPEC_DIR / f"{name}.spec"
     spec.write_text(f"unix://{os.fspath(socket_path)}\n")
     return spec
+
+
+def remove_stale_plugin_specs() -> None:
+    """Remove test plugin specs whose socket is gone (a run that was killed left them).
+
+    dockerd asks every plugin it can discover whether it drives volumes, retrying a dead
+    socket for seconds: each stale spec would slow every later volume call of every dockerd.
+    """
+    for spec in PLUGIN_SPEC_DIR.glob("ds01*.spec"):
+        with contextlib.suppress(OSError):
+            target = spec.read_text().strip().removeprefix("unix://")
+            if not os.path.exists(target):
+                spec.unlink()
 
 
 def remove_plugin_spec(name: str) -> None:

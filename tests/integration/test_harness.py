@@ -129,6 +129,22 @@ def test_plugin_spec_roundtrip() -> None:
     remove_plugin_spec(name)
 
 
+@pytest.mark.docker
+def test_a_killed_runs_plugin_spec_is_removed_by_the_next_one(tmp_path) -> None:
+    """A spec pointing at a dead socket would slow every volume call of every dockerd."""
+    require_docker()
+    stale, live = (f"ds01t{uuid.uuid4().hex[:8]}" for _ in range(2))
+    dead = write_plugin_spec(stale, tmp_path / "gone.sock")
+    (tmp_path / "live.sock").touch()
+    try:
+        write_plugin_spec(live, tmp_path / "live.sock")
+        assert not dead.exists()
+        assert write_plugin_spec(live, tmp_path / "live.sock").exists()
+    finally:
+        remove_plugin_spec(stale)
+        remove_plugin_spec(live)
+
+
 def test_rootfs_tarball_layout() -> None:
     assert os.path.exists("/bin/busybox"), "busybox-static missing: run scripts/setup-host.sh"
     with tarfile.open(fileobj=io.BytesIO(build_busybox_rootfs())) as tar:
