@@ -150,7 +150,7 @@ class Service:
             )
         return decision, limits
 
-    async def decide_on_answer(
+    def decide_on_answer(
         self, request: Request, identity: Identity, status: int, answer: bytes
     ) -> Decision | None:
         """Decide a read forwarded with ``decide_on_answer`` on the object dockerd returned.

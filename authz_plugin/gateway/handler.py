@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -116,7 +116,7 @@ class GatewayHandler:
         assert route is not None  # decide() denies what does not route
         target = _with_query(head.target, decision.query) if decision.query else head.target
         new_body = body
-        on_response: Callable[[int, bytes], Awaitable[Reply | None]] | None = None
+        on_response: Callable[[int, bytes], Reply | None] | None = None
         on_close = None
         answer_limit = 0
         if decision.decide_on_answer:
@@ -140,10 +140,10 @@ class GatewayHandler:
             headers = (*headers, ("Content-Type", "application/json"))
         headers = (*headers, (TOKEN_HEADER, token))
 
-        async def closed(ok: bool) -> None:
+        def closed(ok: bool) -> None:
             self.service.tickets.discard(token)
             if on_close is not None:
-                await on_close(ok)
+                on_close(ok)
 
         return Forward(
             head=RequestHead(head.method, target, headers, head.http_version),
@@ -160,8 +160,8 @@ class GatewayHandler:
         Reply
         | tuple[
             bytes,
-            Callable[[int, bytes], Awaitable[Reply | None]],
-            Callable[[bool], Awaitable[None]],
+            Callable[[int, bytes], Reply | None],
+            Callable[[bool], None],
         ]
     ):
         body: dict[str, Any] = decision.body or {}
@@ -201,7 +201,7 @@ class GatewayHandler:
             raise
         bound = False
 
-        async def on_response(status: int, data: bytes) -> None:
+        def on_response(status: int, data: bytes) -> None:
             nonlocal bound
             container_id = _created_id(status, data)
             if container_id is None:
@@ -219,19 +219,17 @@ class GatewayHandler:
                 service.gpus.bind(reservation, container_id)
                 bound = True
 
-        async def on_close(ok: bool) -> None:
+        def on_close(ok: bool) -> None:
             if reservation is not None and not bound:
                 service.gpus.rollback(reservation)
 
         return raw, on_response, on_close
 
-    def _screen(
-        self, request: Request, identity: Identity
-    ) -> Callable[[int, bytes], Awaitable[Reply | None]]:
+    def _screen(self, request: Request, identity: Identity) -> Callable[[int, bytes], Reply | None]:
         """The owner check of a self-describing read, made on dockerd's answer to it."""
 
-        async def on_response(status: int, answer: bytes) -> Reply | None:
-            decision = await self.service.decide_on_answer(request, identity, status, answer)
+        def on_response(status: int, answer: bytes) -> Reply | None:
+            decision = self.service.decide_on_answer(request, identity, status, answer)
             if decision is None or decision.allowed:
                 return None
             return deny_reply(decision)

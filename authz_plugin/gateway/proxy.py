@@ -21,7 +21,7 @@ import socket
 import stat
 import tempfile
 import time
-from collections.abc import Awaitable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol, TypeVar
 
 import h11
@@ -104,7 +104,6 @@ class Gateway:
         self._path: str | None = None
         self._inode: tuple[int, int] | None = None
         self._conns: set[_Connection] = set()
-        self._callbacks: set[asyncio.Task[Any]] = set()
         self._idle: list[_Upstream] = []
         self._stopping = False
 
@@ -156,8 +155,6 @@ class Gateway:
         tasks = [c.task for c in conns if c.task is not None]
         if tasks:
             await asyncio.wait(tasks)
-        if self._callbacks:
-            await asyncio.wait(list(self._callbacks))
         while self._idle:
             self._idle.pop().abort()
         if self._server is not None:
@@ -179,16 +176,12 @@ class Gateway:
         finally:
             self._conns.discard(conn)
 
-    async def run_callback(self, what: str, call: Awaitable[_T]) -> tuple[bool, _T | None]:
-        """Run a handler callback to completion even if the connection is torn down meanwhile;
-        (True, its result), or (False, None) when it raised."""
-        task = asyncio.ensure_future(call)
-        self._callbacks.add(task)
-        task.add_done_callback(self._callbacks.discard)
+    def run_callback(
+        self, what: str, callback: Callable[..., _T], *args: Any
+    ) -> tuple[bool, _T | None]:
+        """(True, what a handler callback returned), or (False, None) when it raised."""
         try:
-            return True, await asyncio.shield(task)
-        except asyncio.CancelledError:
-            raise
+            return True, callback(*args)
         except Exception:  # a buggy callback must not take the connection down
             self.log.exception("gateway: %s callback failed", what)
             return False, None
@@ -713,7 +706,7 @@ class _Exchange:
             elif conn.up is not None:
                 conn.up.idle_since = time.monotonic()
             if self.fwd.on_close is not None:
-                await conn.gw.run_callback("on_close", self.fwd.on_close(ok))
+                conn.gw.run_callback("on_close", self.fwd.on_close, ok)
 
     def _upstream_headers(self) -> list[tuple[bytes, bytes]]:
         """The handler's headers, with framing set by us and h2c upgrades removed."""
@@ -939,8 +932,8 @@ class _Exchange:
             return False
         raw, body = whole
         assert self.fwd.on_response is not None
-        done, replacement = await conn.gw.run_callback(
-            "on_response", self.fwd.on_response(response.status_code, body)
+        done, replacement = conn.gw.run_callback(
+            "on_response", self.fwd.on_response, response.status_code, body
         )
         if not done:
             await conn._fail(
@@ -1087,8 +1080,8 @@ class _Exchange:
         await conn._unwatch()
         if self.fwd.on_response is not None:
             # A raw stream has no answer to read first: the handler sees the status alone.
-            done, replacement = await conn.gw.run_callback(
-                "on_response", self.fwd.on_response(response.status_code, b"")
+            done, replacement = conn.gw.run_callback(
+                "on_response", self.fwd.on_response, response.status_code, b""
             )
             if not done or replacement is not None:
                 await conn._fail(500, "ds01: internal error in the gateway; stream not relayed")

@@ -6,7 +6,7 @@ a socket. These value types are everything that passes between them.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -60,15 +60,17 @@ class Forward:
     most ``response_limit`` bytes, else the client gets a 502) is read before the client sees
     any of it; ``on_response(status, body)`` returns None to relay it unchanged, or a Reply to
     send instead. ``on_close(ok)`` runs exactly once when the exchange ends: ok is True when
-    the client got the whole answer. ``hijack`` marks routes dockerd hijacks (attach, exec start): once dockerd
-    answers 101, or a body-less stream, the connection becomes a raw two-way pipe.
+    the client got the whole answer. Both are plain functions: they run to completion between
+    two awaits, so tearing the connection down can never interrupt them. ``hijack`` marks
+    routes dockerd hijacks (attach, exec start): once dockerd answers 101, or a body-less
+    stream, the connection becomes a raw two-way pipe.
     """
 
     head: RequestHead
     body: bytes | None = None
     response_limit: int = 0
-    on_response: Callable[[int, bytes], Awaitable[Reply | None]] | None = None
-    on_close: Callable[[bool], Awaitable[None]] | None = None
+    on_response: Callable[[int, bytes], Reply | None] | None = None
+    on_close: Callable[[bool], None] | None = None
     hijack: bool = False
 
 

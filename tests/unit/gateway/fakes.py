@@ -168,11 +168,11 @@ class PassThrough:
             on_close=self._on_close,
         )
 
-    async def _on_response(self, status: int, body: bytes) -> Reply | None:
+    def _on_response(self, status: int, body: bytes) -> Reply | None:
         self.responses.append((status, body))
         return self.replacement
 
-    async def _on_close(self, ok: bool) -> None:
+    def _on_close(self, ok: bool) -> None:
         self.closed.append(ok)
 
     async def wait_closed(self, count: int, timeout: float = 3.0) -> list[bool]:

@@ -272,7 +272,7 @@ async def test_handler_replaces_an_answer_and_the_connection_stays_usable(rig):
 
 async def test_a_failing_answer_check_withholds_the_answer(rig):
     class Broken(PassThrough):
-        async def _on_response(self, status: int, body: bytes) -> Reply | None:
+        def _on_response(self, status: int, body: bytes) -> Reply | None:
             raise RuntimeError("bug")
 
     handler = Broken()

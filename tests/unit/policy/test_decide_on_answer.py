@@ -101,7 +101,7 @@ INSPECT = Request("GET", "/v1.41/containers/web/json")
 async def test_second_phase_decides_on_the_object_returned(
     tmp_path, who, status, answer, allowed, code
 ):
-    decision = await _service(tmp_path).decide_on_answer(INSPECT, who, status, answer)
+    decision = _service(tmp_path).decide_on_answer(INSPECT, who, status, answer)
     assert decision is not None
     assert (decision.allowed, decision.code) == (allowed, code)
     if code == "not_found":  # someone else's container looks exactly like a missing one
@@ -109,20 +109,20 @@ async def test_second_phase_decides_on_the_object_returned(
 
 
 async def test_admin_reading_another_users_object_is_audited(tmp_path):
-    decision = await _service(tmp_path).decide_on_answer(INSPECT, ROOT, 200, _inspect("alice"))
+    decision = _service(tmp_path).decide_on_answer(INSPECT, ROOT, 200, _inspect("alice"))
     assert decision is not None and decision.audited
 
 
 async def test_dockerds_own_errors_pass_unchanged(tmp_path):
-    assert await _service(tmp_path).decide_on_answer(INSPECT, ALICE, 500, b"{}") is None
+    assert _service(tmp_path).decide_on_answer(INSPECT, ALICE, 500, b"{}") is None
 
 
 async def test_volume_answer_is_read_for_its_owner(tmp_path):
     answer = json.dumps({"Name": "data", "Labels": {"ds01.user": "bob"}}).encode()
     read = Request("GET", "/v1.41/volumes/data")
     service = _service(tmp_path)
-    assert (await service.decide_on_answer(read, BOB, 200, answer)).allowed
-    assert not (await service.decide_on_answer(read, ALICE, 200, answer)).allowed
+    assert service.decide_on_answer(read, BOB, 200, answer).allowed
+    assert not service.decide_on_answer(read, ALICE, 200, answer).allowed
 
 
 async def test_the_gateway_skips_the_lookup_but_direct_access_does_not_defer(tmp_path):
