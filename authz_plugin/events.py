@@ -68,6 +68,13 @@ class EventWatcher:
                 self.broker.container_died(container_id, now, labels)
             elif action == "destroy":
                 self.broker.container_destroyed(container_id)
+            elif action == "create":
+                labels = (event.get("Actor") or {}).get("Attributes") or {}
+                if not self.broker.accounts_for(container_id, labels):
+                    log.warning(
+                        "container %s holds GPUs the ledger lost; reconciling", container_id[:12]
+                    )
+                    await self.reconcile()
         for listener in self.listeners:
             result = listener(event)
             if asyncio.iscoroutine(result):

@@ -23,6 +23,7 @@ from allocator.labels import (
     parse_uid,
 )
 from allocator.ledger import Ledger, Reservation
+from allocator.ledger import State as AllocationState
 from allocator.preempt import preemption_plan
 from allocator.queue import Ticket, WaitQueue, wait_seconds
 from allocator.reconcile import Conflict, ContainerSummary
@@ -294,6 +295,24 @@ class GpuBroker:
         if after is not None and after.state.value == "released":
             self._released(after, "container stopped")
         self.dispatch()
+
+    def accounts_for(self, container_id: str, labels: dict[str, str]) -> bool:
+        """Whether the ledger already knows a just-created container's ``ds01.devices``.
+
+        It does when it holds that container, or when a create in flight reserved exactly
+        those devices for that user (its bind follows). A create that was in flight when a
+        previous ds01d died is neither: only a reconcile records what it holds.
+        """
+        devices = parse_devices(labels.get(LABEL_DEVICES))
+        if not devices or self.ledger.allocation_of(container_id) is not None:
+            return True
+        holder = self.ledger.holder_of(devices[0])
+        return (
+            holder is not None
+            and holder.state is AllocationState.RESERVED
+            and holder.devices == devices
+            and holder.user == labels.get(LABEL_USER)
+        )
 
     def container_destroyed(self, container_id: str) -> None:
         released = self.ledger.container_removed(container_id)

@@ -156,3 +156,48 @@ async def test_unlabelled_start_on_a_held_device_is_refused():
     }
     refused = await b.guard_start(info, who("root", 0), NOW)
     assert refused is not None and refused.code == "device_busy"
+
+
+async def test_a_create_event_is_accounted_for_when_bound_or_in_flight():
+    """The gateway's own creates: the event may come before or after the bind."""
+    b, _ = broker()
+    res = await b.reserve(who("low"), b.table["low"], GpuRequest(count=1), {}, NOW)  # type: ignore[attr-defined]
+    assert isinstance(res, Reservation)
+    labels = res.labels()
+    assert b.accounts_for("c-new", labels)  # reserved for exactly this: the bind follows
+    b.bind(res, "c-new")
+    assert b.accounts_for("c-new", labels)
+    assert b.accounts_for("c-plain", {"ds01.user": "low"})  # no GPUs: nothing to account for
+
+
+async def test_a_create_left_in_flight_by_a_dead_ds01d_is_not_accounted_for():
+    """Its devices are free in this ledger (or reserved for someone else): reconcile."""
+    b, _ = broker()
+    orphan = {"ds01.user": "low", "ds01.devices": GPU2}
+    assert not b.accounts_for("c-orphan", orphan)
+    res = await b.reserve(who("mid"), b.table["mid"], GpuRequest(count=1), {}, NOW)  # type: ignore[attr-defined]
+    assert isinstance(res, Reservation)
+    taken = {"ds01.user": "low", "ds01.devices": res.device_ids[0]}
+    assert not b.accounts_for("c-orphan", taken)  # the same device, another user's create
+
+
+async def test_an_unaccounted_create_event_triggers_a_reconcile():
+    """Events carry the container's labels: an orphan's devices are taken back from Docker."""
+    from authz_plugin.events import EventWatcher
+
+    b, _ = broker()
+    watcher = EventWatcher(docker=None, broker=b, clock=lambda: NOW)  # type: ignore[arg-type]
+    reconciled: list[bool] = []
+
+    async def reconcile() -> None:
+        reconciled.append(True)
+
+    watcher.reconcile = reconcile  # type: ignore[method-assign]
+
+    def created(cid: str, labels: dict[str, str]) -> dict:
+        return {"Type": "container", "Action": "create", "Actor": {"ID": cid, "Attributes": labels}}
+
+    await watcher.handle(created("c-plain", {"ds01.user": "low", "image": "busybox"}))
+    assert reconciled == []
+    await watcher.handle(created("c-orphan", {"ds01.user": "low", "ds01.devices": GPU2}))
+    assert reconciled == [True]
