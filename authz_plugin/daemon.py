@@ -11,7 +11,9 @@ import pwd
 import signal
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -257,13 +259,27 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_event_loop(main_coro: Coroutine[Any, Any, int]) -> int:
+    """Run ds01d on uvloop when it is installed (it is a dependency), else on asyncio's loop.
+
+    Every request through the gateway takes several event-loop turns (client, both AuthZ
+    calls, dockerd's answer); uvloop makes each turn cheaper, about a tenth of ds01d's CPU.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        log.info("uvloop is not installed; using asyncio's event loop")
+        return asyncio.run(main_coro)
+    return uvloop.run(main_coro)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     try:
-        return asyncio.run(run(args))
+        return _run_event_loop(run(args))
     except PolicyError as exc:
         print(f"ds01d: invalid policy: {exc}", file=sys.stderr)
         return 2

@@ -51,7 +51,14 @@ def timed(fn: Callable[[], object]) -> float:
 def interleave(
     a: Callable[[], object], b: Callable[[], object], rounds: int
 ) -> tuple[list[float], list[float]]:
-    """Run a and b alternately, `rounds` times each, so both see the same noise."""
+    """Run a and b alternately, `rounds` times each, so both see the same noise.
+
+    A few untimed rounds come first: the first runs after a pause are slower (cold caches,
+    a sleeping CPU), and whichever side went first would pay for it.
+    """
+    for _ in range(5):
+        a()
+        b()
     ta, tb = [], []
     for _ in range(rounds):
         ta.append(timed(a))
