@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -39,6 +39,7 @@ from .recorder import Recorder
 from .service import Service
 
 log = logging.getLogger("ds01d")
+_T = TypeVar("_T")
 
 DEFAULT_PLUGIN_SOCKET = "/run/docker/plugins/ds01.sock"
 POLICY_POLL_SECONDS = 2.0
@@ -259,7 +260,7 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_event_loop(main_coro: Coroutine[Any, Any, int]) -> int:
+def _run_event_loop(main_coro: Coroutine[Any, Any, _T]) -> _T:
     """Run ds01d on uvloop when it is installed (it is a dependency), else on asyncio's loop.
 
     Every request through the gateway takes several event-loop turns (client, both AuthZ

@@ -37,3 +37,17 @@ def test_gpu_hold_after_stop_follows_the_container_type(tmp_path):
         assert daemon.broker.hold_after_stop("nobody-x", None, devcontainer) == 7200
     finally:
         daemon.audit.close()
+
+
+def test_ds01d_runs_on_uvloop_when_installed_and_on_asyncio_otherwise(monkeypatch):
+    import asyncio
+    import sys
+
+    from authz_plugin.daemon import _run_event_loop
+
+    async def which_loop() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert _run_event_loop(which_loop()).startswith("uvloop")
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop now raises ImportError
+    assert _run_event_loop(which_loop()).startswith("asyncio")
