@@ -264,9 +264,10 @@ class Service:
             ticket = self.tickets.redeem(token, req.method, req.uri, req.body)
             if ticket is None:
                 return AuthzAnswer(False, "ds01: a gateway token that does not match its request")
-            identity = ticket.identity
+            if ticket.start_guarded:  # the gateway just re-acquired this start's GPUs
+                return AuthzAnswer(True)
             request = Request(req.method, req.uri, req.headers, req.body)
-            return await self._recheck(request, identity)
+            return await self._recheck(request, ticket.identity)
         identity = direct_identity(req.user)
         request = Request(req.method, req.uri, req.headers, req.body)
         decision, _ = await self.decide(request, identity, "authz")
@@ -278,7 +279,7 @@ class Service:
 
     async def _recheck(self, request: Request, identity: Identity) -> AuthzAnswer:
         # The gateway decided on exactly these bytes (the ticket binds method, URI and body),
-        # so the re-check is that binding; the start guard is re-applied for GPUs.
+        # so the re-check is that binding; a start the gateway did not guard is guarded here.
         refusal = await self.start_guard(request, identity)
         if refusal is not None:
             return AuthzAnswer(False, refusal.message)

@@ -27,6 +27,9 @@ class Ticket:
     body_sha256: str | None  # the approved body, when the gateway buffered one
     issued: float
     requests_seen: int = 0
+    # The gateway ran the GPU start guard for this start just before issuing the ticket: the
+    # devices are re-acquired in the ledger, and doing it again would only cost an inspect.
+    start_guarded: bool = False
 
 
 def body_digest(body: bytes | None) -> str | None:
@@ -43,9 +46,19 @@ class Tickets:
     def is_internal(self, token: str | None) -> bool:
         return token is not None and secrets.compare_digest(token, self.internal)
 
-    def issue(self, identity: Identity, method: str, target: str, body: bytes | None) -> str:
+    def issue(
+        self,
+        identity: Identity,
+        method: str,
+        target: str,
+        body: bytes | None,
+        *,
+        start_guarded: bool = False,
+    ) -> str:
         token = secrets.token_urlsafe(24)
-        self._live[token] = Ticket(identity, method, target, body_digest(body), time.monotonic())
+        self._live[token] = Ticket(
+            identity, method, target, body_digest(body), time.monotonic(), 0, start_guarded
+        )
         while len(self._live) > _MAX_LIVE:
             self._live.popitem(last=False)
         return token

@@ -132,7 +132,13 @@ class GatewayHandler:
         refusal = await self.service.start_guard(request, identity)
         if refusal is not None:
             return deny_reply(refusal)
-        token = self.service.tickets.issue(identity, head.method, target, new_body)
+        token = self.service.tickets.issue(
+            identity,
+            head.method,
+            target,
+            new_body,
+            start_guarded=route.endpoint == "/containers/{id}/start",
+        )
         if new_body is not None:
             # dockerd shows a body to its plugins only when it is labelled JSON; label every
             # body we approved, so the plugin's check sees exactly what dockerd executes.
