@@ -51,7 +51,10 @@ _CLOSE_WAIT_S = 1.0
 # An upstream connection idle longer than this is not trusted with a body we cannot replay.
 _UPSTREAM_IDLE_S = 30.0
 # Clean dockerd connections kept for the next client: the docker CLI connects anew for every
-# command, and a connection at hand saves it a connect and a transport setup.
+# command, and a connection at hand saves it a connect and a transport setup. dockerd keeps no
+# state between the requests of a connection (each is authorised on its own, by its ticket),
+# so a connection whose last answer was read exactly to its end may serve any user; any doubt
+# (a stray byte, a hijack, an error) drops it instead.
 _IDLE_UPSTREAMS = 16
 _HOP_UPGRADE = {"upgrade", "http2-settings"}
 _DOCKER_STREAMS = (
