@@ -373,3 +373,29 @@ async def test_a_screened_answer_keeps_the_dockerd_connection(rig):
     await _ask(rig)
     await _ask(rig)
     assert rig.dockerd.connections == 1 and len(handler.responses) == 2
+
+
+async def test_http10_client_gets_a_screened_chunked_answer_decoded(rig):
+    handler = PassThrough()
+    handler.answer_limit = 1024
+    await rig.start(handler, _chunked_hello())
+    reader, writer = await rig.client()
+    writer.write(b"GET /containers/x/json HTTP/1.0\r\n\r\n")
+    response = await read_response(reader)
+    assert response.body == b"hello world"
+    assert response.header("transfer-encoding") is None
+    assert response.header("connection") == "close"
+    assert handler.responses == [(200, b"hello world")]
+
+
+async def test_a_kept_dockerd_connection_that_dockerd_closed_is_replaced(rig):
+    """dockerd may close an idle connection while the gateway keeps it for the next client."""
+
+    async def one_shot(conn: UpstreamConn) -> None:
+        await conn.read_request()
+        await conn.respond(200, b"once")  # then close without saying so
+
+    await rig.start(PassThrough(), one_shot)
+    assert await _ask(rig) == b"once"
+    assert await _ask(rig) == b"once"
+    assert rig.dockerd.connections == 2
