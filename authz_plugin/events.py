@@ -63,18 +63,16 @@ class EventWatcher:
         container_id = event.get("id") or (event.get("Actor") or {}).get("ID") or ""
         now = self.clock()
         if self.broker is not None and container_id:
+            labels = (event.get("Actor") or {}).get("Attributes") or {}
             if action == "die":
-                labels = (event.get("Actor") or {}).get("Attributes") or {}
                 self.broker.container_died(container_id, now, labels)
             elif action == "destroy":
                 self.broker.container_destroyed(container_id)
-            elif action == "create":
-                labels = (event.get("Actor") or {}).get("Attributes") or {}
-                if not self.broker.accounts_for(container_id, labels):
-                    log.warning(
-                        "container %s holds GPUs the ledger lost; reconciling", container_id[:12]
-                    )
-                    await self.reconcile()
+            elif action == "create" and not self.broker.accounts_for(container_id, labels):
+                log.warning(
+                    "container %s holds GPUs the ledger lost; reconciling", container_id[:12]
+                )
+                await self.reconcile()
         for listener in self.listeners:
             result = listener(event)
             if asyncio.iscoroutine(result):

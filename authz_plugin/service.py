@@ -29,6 +29,9 @@ from .tickets import TOKEN_HEADER, Tickets
 
 log = logging.getLogger("ds01.service")
 
+# Where the GPU start guard applies (a start must find its recorded GPUs free).
+START_ENDPOINT = "/containers/{id}/start"
+
 
 class Recorder(Protocol):
     """Where decisions go besides the caller: metrics and the audit log."""
@@ -107,9 +110,6 @@ class Service:
         self.gpus = gpus
         self.recorder = recorder or NullRecorder()
         self.cgroups = cgroups
-        self.cgroup_driver = cgroup_driver
-        self.protected_paths = protected_paths
-        self.realpath = realpath
         self.clock = clock
         self.tickets = Tickets()
         # What every decision's state shares: this host's facts.
@@ -292,7 +292,7 @@ class Service:
     async def start_guard(self, request: Request, identity: Identity) -> Decision | None:
         """On every container start: its recorded GPUs must be free (or are re-acquired)."""
         route = route_of(request)
-        if self.gpus is None or route is None or route.endpoint != "/containers/{id}/start":
+        if self.gpus is None or route is None or route.endpoint != START_ENDPOINT:
             return None
         info = await self.docker.inspect_container(route.params["id"])
         if info is None:

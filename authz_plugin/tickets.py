@@ -57,7 +57,12 @@ class Tickets:
     ) -> str:
         token = secrets.token_urlsafe(24)
         self._live[token] = Ticket(
-            identity, method, target, body_digest(body), time.monotonic(), 0, start_guarded
+            identity,
+            method,
+            target,
+            body_digest(body),
+            time.monotonic(),
+            start_guarded=start_guarded,
         )
         while len(self._live) > _MAX_LIVE:
             self._live.popitem(last=False)

@@ -25,7 +25,7 @@ from ..api import PREFIX as API_PREFIX
 from ..api import Api
 from ..docker_client import DockerError
 from ..identities import IdentityCache, container_of_pid
-from ..service import Service
+from ..service import START_ENDPOINT, Service
 from ..tickets import TOKEN_HEADER
 from .types import Client, Forward, PeerCred, Reply, RequestHead
 
@@ -137,7 +137,7 @@ class GatewayHandler:
             head.method,
             target,
             new_body,
-            start_guarded=route.endpoint == "/containers/{id}/start",
+            start_guarded=route.endpoint == START_ENDPOINT,
         )
         if new_body is not None:
             # dockerd shows a body to its plugins only when it is labelled JSON; label every

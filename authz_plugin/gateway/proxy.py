@@ -867,14 +867,10 @@ class _Exchange:
         status = response.status_code
         framing, length = _framing(self.method, response)
         dechunk = framing == _CHUNKED and self.client_10
-        if (
-            framing == _UNTIL_CLOSE
-            or dechunk
-            or self.client_10
-            or _has_token(response.headers, b"close")
-        ):
+        dockerd_closes = _has_token(response.headers, b"close")
+        if framing == _UNTIL_CLOSE or dechunk or self.client_10 or dockerd_closes:
             self.keep_client = False
-        if framing == _UNTIL_CLOSE or _has_token(response.headers, b"close"):
+        if framing == _UNTIL_CLOSE or dockerd_closes:
             self.reuse_up = False
         if self.pump is not None and not self.pump.done():
             # dockerd answers while the body is still coming in: it may never read the rest,
@@ -883,11 +879,13 @@ class _Exchange:
         headers = response.headers.raw_items()
         if dechunk:
             headers = [(k, v) for k, v in headers if k.lower() != b"transfer-encoding"]
-        if not self.keep_client and not _has_token(response.headers, b"close"):
+        if not self.keep_client and not dockerd_closes:
             headers = [(k, v) for k, v in headers if k.lower() != b"connection"]
             headers.append((b"Connection", b"close"))
         if fwd.on_response is not None:
-            if not await self._answer_via_handler(up, response, headers, rest, dechunk):
+            if not await self._answer_via_handler(
+                up, response, headers, rest, (framing, length), dechunk
+            ):
                 return False
         else:
             head = _head_bytes(status, response.reason, headers)
@@ -916,6 +914,7 @@ class _Exchange:
         response: h11.Response | h11.InformationalResponse,
         headers: list[tuple[bytes, bytes]],
         rest: bytes,
+        framing: tuple[int, int],
         dechunk: bool,
     ) -> bool:
         """Read dockerd's whole answer, show it to the handler, send it or its replacement.
@@ -925,7 +924,7 @@ class _Exchange:
         """
         conn, limit = self.conn, self.fwd.response_limit
         head_only = self.method == b"HEAD"
-        whole = await self._read_whole(up, response, rest, limit)
+        whole = await self._read_whole(up, *framing, rest, limit)
         if whole is None:
             self.reuse_up = False
             await self._bad_gateway(
@@ -952,14 +951,9 @@ class _Exchange:
         return True
 
     async def _read_whole(
-        self,
-        up: _Upstream,
-        response: h11.Response | h11.InformationalResponse,
-        rest: bytes,
-        limit: int,
+        self, up: _Upstream, framing: int, length: int, rest: bytes, limit: int
     ) -> tuple[bytes, bytes] | None:
         """(the body as framed on the wire, the body decoded); None once it exceeds limit."""
-        framing, length = _framing(self.method, response)
         if framing == _NO_BODY:
             self.reuse_up = self.reuse_up and not rest
             return b"", b""
