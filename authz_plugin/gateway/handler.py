@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from allocator.labels import LABEL_UID, LABEL_USER
+from allocator.labels import LABEL_USER
 from policy import create as create_rules
 from policy.decision import Decision
 from policy.engine import BODY_SHAPES, OPTIONAL_BODY_SHAPES, route_of
@@ -24,10 +24,10 @@ from policy.strict_json import dumps_canonical
 from ..api import PREFIX as API_PREFIX
 from ..api import Api
 from ..docker_client import DockerError
-from ..identities import IdentityCache, container_of_pid
+from ..identities import IdentityCache
 from ..service import START_ENDPOINT, Service
 from ..tickets import TOKEN_HEADER
-from .types import Client, Forward, PeerCred, Reply, RequestHead
+from .types import Client, Forward, Reply, RequestHead
 
 log = logging.getLogger("ds01.gateway")
 
@@ -50,9 +50,8 @@ def deny_reply(decision: Decision) -> Reply:
 
 
 class GatewayHandler:
-    def __init__(self, service: Service, proc: str = "/proc", lifecycle: Any = None) -> None:
+    def __init__(self, service: Service, lifecycle: Any = None) -> None:
         self.service = service
-        self.proc = proc
         self.identity_for_uid = IdentityCache()
         self.api = Api(service, lifecycle)
 
@@ -65,24 +64,17 @@ class GatewayHandler:
         return None
 
     async def identify(self, client: Client) -> Identity:
-        """The user behind a connection, fixed for its life: worked out on its first request."""
+        """The user behind a connection, fixed for its life: worked out on its first request.
+
+        Only the kernel's SO_PEERCRED uid counts, looked up through NSS (an unknown uid is
+        ``uid:<n>``, which the policy's ``unknown_users`` decides). Nothing the caller can
+        arrange (cgroup names, labels, headers) is consulted: a process inside a container
+        reaches this socket with the uid it runs as, which DS01 sets to its owner's.
+        """
         if client.context is None:
-            client.context = await self._identify(client.peer)
+            client.context = self.identity_for_uid(client.peer.uid)
         identity: Identity = client.context
         return identity
-
-    async def _identify(self, peer: PeerCred) -> Identity:
-        """A peer's uid, or the owner of the container it runs in."""
-        container = container_of_pid(peer.pid, self.proc)
-        if container is None:
-            return self.identity_for_uid(peer.uid)
-        info = await self.service.docker.inspect_container(container)
-        labels = ((info or {}).get("Config") or {}).get("Labels") or {}
-        try:
-            return self.identity_for_uid(int(labels[LABEL_UID]))
-        except (KeyError, ValueError):
-            owner = labels.get(LABEL_USER)
-            return Identity(uid=None, user=owner or f"container:{container[:12]}")
 
     async def decide(
         self, client: Client, head: RequestHead, body: bytes | None
