@@ -1,25 +1,26 @@
-"""Turning a peer's uid (SO_PEERCRED) into an Identity through NSS, and spotting container peers."""
+"""Turning a peer's uid (SO_PEERCRED), or a TLS client certificate's name, into an Identity.
+
+Only facts the caller cannot forge decide who they are: the kernel's peer credentials, or a
+name dockerd took from a certificate the admin's CA signed, each looked up through NSS.
+"""
 
 from __future__ import annotations
 
 import grp
 import os
 import pwd
-import re
 import time
 from collections.abc import Callable
 
 from policy.identity import Channel, Identity
 
-_CONTAINER_ID = re.compile(r"(?:^|[/-])([0-9a-f]{64})(?:\.scope)?$")
 
-
-def identity_for_uid(uid: int) -> Identity:
+def identity_for_uid(uid: int, channel: Channel = Channel.GATEWAY) -> Identity:
     """The Unix user with ``uid``, all their groups included; unknown uids get ``uid:<n>``."""
     try:
         entry = pwd.getpwuid(uid)
     except KeyError:
-        return Identity(uid=uid, user=f"uid:{uid}", groups=frozenset(), home=None)
+        return Identity(uid=uid, user=f"uid:{uid}", groups=frozenset(), home=None, channel=channel)
     try:
         gids = os.getgrouplist(entry.pw_name, entry.pw_gid)
     except OSError:
@@ -35,8 +36,21 @@ def identity_for_uid(uid: int) -> Identity:
         user=entry.pw_name,
         groups=frozenset(names),
         home=entry.pw_dir,
-        channel=Channel.GATEWAY,
+        channel=channel,
     )
+
+
+def identity_for_tls_user(name: str) -> Identity | None:
+    """The Unix user a TLS client certificate names (its CN), or None if there is none.
+
+    The name is trusted because the admin's CA signed it; who that user *is* (uid, groups)
+    still comes from NSS, exactly as for the gateway, so both doors give one user one policy.
+    """
+    try:
+        entry = pwd.getpwnam(name)
+    except (KeyError, ValueError):  # ValueError: a name with a NUL byte
+        return None
+    return identity_for_uid(entry.pw_uid, Channel.TLS)
 
 
 class IdentityCache:
@@ -57,18 +71,3 @@ class IdentityCache:
         identity = identity_for_uid(uid)
         self._cache[uid] = (now, identity)
         return identity
-
-
-def container_of_pid(pid: int, proc: str = "/proc") -> str | None:
-    """The Docker container ID a host pid runs in, read from its cgroup paths (None: host)."""
-    try:
-        with open(f"{proc}/{pid}/cgroup") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        path = line.split(":", 2)[-1]
-        match = _CONTAINER_ID.search(path)
-        if match:
-            return match.group(1)
-    return None

@@ -21,9 +21,11 @@ from policy.identity import Identity, direct_identity
 from policy.limits import Limits
 from policy.routes import Route
 from policy.state import ObjectFacts, Request, State
+from policy.tls import without_rewrite
 
 from .authz import AuthzAnswer, AuthzRequest
 from .docker_client import DockerClient, DockerError
+from .identities import identity_for_tls_user
 from .policy_store import PolicyStore
 from .tickets import TOKEN_HEADER, Tickets
 
@@ -268,14 +270,47 @@ class Service:
                 return AuthzAnswer(True)
             request = Request(req.method, req.uri, req.headers, req.body)
             return await self._recheck(request, ticket.identity)
-        identity = direct_identity(req.user)
         request = Request(req.method, req.uri, req.headers, req.body)
+        if not req.user:  # dockerd's unix socket, which only root can reach
+            identity = direct_identity()
+        else:  # over TCP, dockerd names the client certificate's CN
+            tls_user = identity_for_tls_user(req.user)
+            if tls_user is None:
+                refusal = deny(
+                    "unknown_tls_user",
+                    f"the TLS client certificate names {req.user!r}, who is no user of this host",
+                    "ask an admin for a certificate whose CN is your user name",
+                )
+                return AuthzAnswer(False, refusal.message)
+            identity = tls_user
         decision, _ = await self.decide(request, identity, "authz")
+        if identity.is_tls:
+            decision = await self._tls_decision(request, identity, decision)
         if decision.allowed:
             refusal = await self.start_guard(request, identity)
             if refusal is not None:
                 return AuthzAnswer(False, refusal.message)
         return AuthzAnswer(decision.allowed, decision.message)
+
+    async def _tls_decision(
+        self, request: Request, identity: Identity, decision: Decision
+    ) -> Decision:
+        """A TLS user's decision as the plugin can carry it out: unchanged, or refused."""
+        route = route_of(request)
+        if decision.decide_on_answer and route is not None:
+            # No answer to screen before dockerd runs it: look the object up instead.
+            ref = route.params.get("id") or route.params.get("name") or ""
+            volume = route.endpoint.startswith("/volumes")
+            look_up = self.docker.inspect_volume if volume else self.docker.inspect_container
+            try:
+                info = await look_up(ref)
+            except DockerError as exc:
+                return deny("docker_unavailable", f"could not look up {ref} ({exc.message})")
+            answer = json.dumps(info or {}).encode()
+            decision = self.decide_on_answer(
+                request, identity, 200 if info else 404, answer
+            ) or deny("bad_answer", f"could not decide on {ref}")
+        return without_rewrite(decision, route)
 
     async def _recheck(self, request: Request, identity: Identity) -> AuthzAnswer:
         # The gateway decided on exactly these bytes (the ticket binds method, URI and body),

@@ -10,7 +10,10 @@ class Channel(StrEnum):
     """How the request reached dockerd; decides how far its identity can be trusted."""
 
     GATEWAY = "gateway"  # through ds01d's socket: identity from SO_PEERCRED
-    DIRECT = "direct"  # straight to dockerd's root-only socket (root, or TLS user)
+    DIRECT = "direct"  # straight to dockerd's root-only unix socket: root
+    # dockerd over TCP with a client certificate: the user its CN names. The AuthZ plugin can
+    # only allow or deny, so such a user gets their policy minus anything needing a rewrite.
+    TLS = "tls"
 
 
 @dataclass(frozen=True)
@@ -20,16 +23,24 @@ class Identity:
     groups: frozenset[str] = field(default_factory=frozenset)
     home: str | None = None
     channel: Channel = Channel.GATEWAY
+    gid: int | None = None  # primary group id (containers run as uid:gid)
+    gids: tuple[int, ...] = ()  # every group id, primary included (GroupAdd)
 
     @property
     def is_direct(self) -> bool:
+        """Root on dockerd's own socket: governed only by the policy's ``direct_access``."""
         return self.channel is Channel.DIRECT
+
+    @property
+    def is_tls(self) -> bool:
+        """A TLS client-certificate user: their policy, decided without rewrites."""
+        return self.channel is Channel.TLS
 
     def describe(self) -> str:
         uid = "" if self.uid is None else f" (uid {self.uid})"
         return f"{self.user}{uid}"
 
 
-def direct_identity(tls_user: str = "") -> Identity:
-    """Access that bypassed the gateway: only root (or a TLS client) can reach dockerd."""
-    return Identity(uid=None, user=tls_user or "root", channel=Channel.DIRECT)
+def direct_identity() -> Identity:
+    """Access that bypassed the gateway on dockerd's unix socket: only root can do that."""
+    return Identity(uid=None, user="root", channel=Channel.DIRECT)
