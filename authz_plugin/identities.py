@@ -37,6 +37,8 @@ def identity_for_uid(uid: int, channel: Channel = Channel.GATEWAY) -> Identity:
         groups=frozenset(names),
         home=entry.pw_dir,
         channel=channel,
+        gid=entry.pw_gid,
+        gids=tuple(sorted(set(gids))),
     )
 
 
