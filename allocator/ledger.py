@@ -369,23 +369,66 @@ class Ledger:
         *,
         hold_for: Callable[[str], float | None] | float | None = 0.0,
         priority_for: Callable[[str], int] | None = None,
+        limits_for: Callable[[str, int | None], Limits] | None = None,
     ) -> list[Conflict]:
-        """Replace the ledger with what the containers' labels say; keep creates in flight.
+        """Replace the ledger with the containers' verified claims; keep creates in flight.
 
-        Returns the conflicts found (two containers claiming one device, GPU containers
-        created outside DS01, devices no longer in the inventory), never merged silently.
+        Returns the conflicts found (claims dockerd does not back, two containers claiming
+        one device, claims beyond the owner's quota from ``limits_for``, GPU containers
+        created outside DS01, devices not in the inventory), never merged silently.
         """
         from .reconcile import reconstruct
 
         reserved = [a for a in self._allocs.values() if a.state is State.RESERVED]
         allocations, conflicts = reconstruct(
-            containers, self.inventory, reserved, now, hold_for=hold_for, priority_for=priority_for
+            containers,
+            self.inventory,
+            reserved,
+            now,
+            hold_for=hold_for,
+            priority_for=priority_for,
+            limits_for=limits_for,
         )
         self._allocs.clear()
         self._by_device.clear()
         self._by_container.clear()
         for alloc in allocations:
             self._put(alloc)
+        return conflicts
+
+    def adopt(
+        self,
+        container: ContainerSummary,
+        now: float,
+        *,
+        hold_for: Callable[[str], float | None] | float | None = 0.0,
+        priority_for: Callable[[str], int] | None = None,
+        limits_for: Callable[[str, int | None], Limits] | None = None,
+    ) -> list[Conflict]:
+        """Record one container's claim by the rules of ``rebuild``, leaving the rest as is.
+
+        What the ledger already holds was verified earlier and wins any contest; a create in
+        flight whose container this is gets bound to it.
+        """
+        from .reconcile import reconstruct
+
+        if self.allocation_of(container.id) is not None:
+            return []
+        reserved = [a for a in self._allocs.values() if a.state is State.RESERVED]
+        held = [a for a in self._allocs.values() if a.state is not State.RESERVED]
+        allocations, conflicts = reconstruct(
+            [container],
+            self.inventory,
+            reserved,
+            now,
+            hold_for=hold_for,
+            priority_for=priority_for,
+            limits_for=limits_for,
+            held=held,
+        )
+        for alloc in allocations:
+            if self._allocs.get(alloc.reservation_id) != alloc:
+                self._put(alloc)
         return conflicts
 
     def set_inventory(self, inventory: Inventory) -> None:

@@ -28,7 +28,7 @@ from allocator.preempt import preemption_plan
 from allocator.queue import Ticket, WaitQueue, wait_seconds
 from allocator.reconcile import Conflict, ContainerSummary
 from allocator.refusal import Refusal
-from allocator.request import GpuRequest
+from allocator.request import NVIDIA_DRIVERS, SELECTOR_CAPABILITIES, GpuRequest
 from policy.decision import Decision, deny
 from policy.identity import Identity
 from policy.limits import Limits
@@ -340,37 +340,96 @@ class GpuBroker:
             self.dispatch()
 
     def rebuild(self, containers: list[ContainerSummary], now: float) -> list[Conflict]:
-        self.conflicts = self.ledger.rebuild(
-            containers,
-            now,
-            hold_for=lambda user: self.limits_for(user, None).gpu_hold_after_stop,
-            priority_for=lambda user: int(self.limits_for(user, None).priority),
-        )
-        for conflict in self.conflicts:
-            log.warning("reconcile: %s", conflict.message)
+        """Replace the ledger with the containers' verified claims (see allocator.reconcile)."""
+        conflicts = self.ledger.rebuild(containers, now, **self._rules())
+        self._report(conflicts, fresh=True)
         self.dispatch()
         return self.conflicts
+
+    def check_container(self, summary: ContainerSummary, now: float) -> list[Conflict]:
+        """Record one container's claim by the rebuild rules, touching nothing else.
+
+        For a create the ledger did not expect: one inspect and this check, never a full
+        reconcile, so forged creates cost their maker more than they cost ds01d.
+        """
+        conflicts = self.ledger.adopt(summary, now, **self._rules())
+        self._report(conflicts, fresh=False)
+        self.on_change()
+        return conflicts
+
+    def _rules(self) -> dict[str, Any]:
+        return {
+            "hold_for": lambda user: self.limits_for(user, None).gpu_hold_after_stop,
+            "priority_for": lambda user: int(self.limits_for(user, None).priority),
+            "limits_for": self.limits_for,
+        }
+
+    def _report(self, conflicts: list[Conflict], *, fresh: bool) -> None:
+        # Log and audit each conflict once, not at every periodic reconcile.
+        known = {_conflict_key(c) for c in self.conflicts}
+        if fresh:
+            self.conflicts = list(conflicts)
+        else:
+            self.conflicts += [c for c in conflicts if _conflict_key(c) not in known]
+        for conflict in conflicts:
+            if _conflict_key(conflict) in known:
+                continue
+            log.warning("reconcile: %s", conflict.message)
+            self.record(
+                "gpu_conflict",
+                user=None,
+                uid=None,
+                container=conflict.containers[-1] if conflict.containers else None,
+                result="deny",
+                reason=conflict.message,
+                kind=conflict.kind,
+                device=conflict.device,
+            )
+
+
+def _conflict_key(conflict: Conflict) -> tuple[str, tuple[str, ...], str | None]:
+    return (conflict.kind, conflict.containers, conflict.device)
 
 
 async def container_summaries(docker: Any) -> list[ContainerSummary]:
     """What the ledger is rebuilt from: every container's labels and state, plus, where it
-    matters, when it stopped and which GPUs dockerd gives an unlabelled one."""
+    matters, when it stopped and which GPUs dockerd really gives it.
+
+    ``GET /containers/json`` has no ``HostConfig.DeviceRequests``, so the containers that
+    claim devices (and running unlabelled ones, which may use GPUs outside DS01) are
+    inspected; the others cost nothing more.
+    """
     out = []
     for entry in await docker.list_containers():
         labels = entry.get("Labels") or {}
         state = entry.get("State", "created")
         summary = ContainerSummary(id=entry.get("Id", ""), labels=labels, state=state)
-        has_devices = bool(labels.get(LABEL_DEVICES))
-        if (has_devices and state in ("exited", "dead")) or (
-            not has_devices and state == "running"
-        ):
-            info = await docker.inspect_container(summary.id)
-            if info is not None:
-                summary = replace(
-                    summary, finished_at=_finished_at(info), gpu_devices=_gpu_devices(info)
-                )
+        if bool(labels.get(LABEL_DEVICES)) or state == "running":
+            inspected = await inspect_summary(docker, summary.id)
+            if inspected is None:
+                continue  # removed meanwhile
+            summary = replace(
+                summary,
+                finished_at=inspected.finished_at,
+                gpu_devices=inspected.gpu_devices,
+            )
         out.append(summary)
     return out
+
+
+async def inspect_summary(docker: Any, container_id: str) -> ContainerSummary | None:
+    """One container as the ledger needs it, from ``docker inspect``; None when it is gone."""
+    info = await docker.inspect_container(container_id)
+    if info is None:
+        return None
+    state = info.get("State") or {}
+    return ContainerSummary(
+        id=info.get("Id", container_id),
+        labels=(info.get("Config") or {}).get("Labels") or {},
+        state=state.get("Status") or "created",
+        finished_at=_finished_at(info),
+        gpu_devices=gpu_devices(info),
+    )
 
 
 def _finished_at(info: dict[str, Any]) -> float | None:
@@ -383,9 +442,24 @@ def _finished_at(info: dict[str, Any]) -> float | None:
         return None
 
 
-def _gpu_devices(info: dict[str, Any]) -> tuple[str, ...] | None:
+def gpu_devices(info: dict[str, Any]) -> tuple[str, ...]:
+    """The devices dockerd's nvidia driver gives a container (``all`` for a count).
+
+    A request reaches that driver when it names it, or names no driver and asks for the
+    ``gpu``/``nvidia`` capability; other drivers give no GPUs.
+    """
     requests = (info.get("HostConfig") or {}).get("DeviceRequests") or []
     ids: list[str] = []
     for req in requests:
+        if not isinstance(req, dict) or not _nvidia(req):
+            continue
         ids.extend(req.get("DeviceIDs") or (["all"] if req.get("Count") else []))
-    return tuple(ids) or None
+    return tuple(ids)
+
+
+def _nvidia(req: dict[str, Any]) -> bool:
+    driver = req.get("Driver") or ""
+    if driver:
+        return driver in NVIDIA_DRIVERS
+    caps = req.get("Capabilities") or []
+    return any(SELECTOR_CAPABILITIES & set(group or ()) for group in caps)

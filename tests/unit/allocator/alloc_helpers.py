@@ -71,9 +71,14 @@ def container(
     at: float = NOW - 3600,
     finished_at: float | None = None,
     gpueq: float = 0.0,
+    given: list[str] | None = None,
 ) -> ContainerSummary:
-    """A DS01-created container summary with its labels."""
+    """A DS01-created container summary with its labels.
+
+    ``given``: the devices its DeviceRequests name, when they differ from its labels.
+    """
     labels = allocation_labels(
         user=user, uid=1000, group="students", devices=devices, gpueq=gpueq, at=at
     )
-    return ContainerSummary(cid, labels, state, finished_at)
+    real = tuple(devices if given is None else given)
+    return ContainerSummary(cid, labels, state, finished_at, gpu_devices=real)

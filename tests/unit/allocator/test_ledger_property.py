@@ -56,7 +56,9 @@ class DockerContainer:
     extra: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> ContainerSummary:
-        return ContainerSummary(self.id, self.labels, self.state, self.finished_at)
+        return ContainerSummary(
+            self.id, self.labels, self.state, self.finished_at, gpu_devices=self.devices
+        )
 
 
 class LedgerMachine(RuleBasedStateMachine):

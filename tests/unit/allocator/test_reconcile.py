@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
+import pytest
 from alloc_helpers import G0, G1_3G, GPU2, GPU3, NOW, container, example_inventory, student
 
 from allocator.labels import LABEL_DEVICES
 from allocator.ledger import Ledger, Reservation, State
 from allocator.reconcile import OUTSIDE_USER, ContainerSummary
 from allocator.request import GpuRequest
+from policy.limits import Limits
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64
 
@@ -144,22 +147,24 @@ def test_stopped_outside_containers_and_gpu_less_containers_are_ignored() -> Non
     assert conflicts == [] and ledger.allocations() == ()
 
 
-def test_device_missing_from_inventory_stays_held_and_is_reported() -> None:
-    """A label naming a device the inventory lacks (GPU lost) keeps it held and says so."""
+def test_device_missing_from_inventory_is_reported_and_not_recorded() -> None:
+    """A label naming a device the inventory lacks: reported; only the known ones are held."""
     ledger = Ledger(example_inventory())
     conflicts = ledger.rebuild([container(A, "alice", ["MIG-lost", G0[0]], gpueq=2 / 7)], NOW)
     assert [c.kind for c in conflicts] == ["unknown_device"]
     alloc = ledger.allocation_of(A)
-    assert alloc.devices == ("MIG-lost", G0[0])
-    assert math.isclose(alloc.gpueq, 0.2857)  # from the label, as recorded at grant time
+    assert alloc.devices == (G0[0],)
+    assert math.isclose(alloc.gpueq, 1 / 7)  # from the inventory, never from a label
 
 
 def test_labels_without_user_are_reported() -> None:
-    """Devices recorded without an owner still hold the devices, and are reported."""
+    """Devices recorded without an owner are nobody's; a running one is held as outside."""
     ledger = Ledger(example_inventory())
-    conflicts = ledger.rebuild([ContainerSummary(A, {LABEL_DEVICES: GPU3}, "running")], NOW)
-    assert [c.kind for c in conflicts] == ["bad_labels"]
+    summary = ContainerSummary(A, {LABEL_DEVICES: GPU3}, "running", gpu_devices=(GPU3,))
+    conflicts = ledger.rebuild([summary], NOW)
+    assert [c.kind for c in conflicts] == ["bad_labels", "outside_ds01"]
     assert ledger.holder_of(GPU3).container_id == A
+    assert ledger.holder_of(GPU3).outside
 
 
 def test_rebuild_keeps_creates_in_flight_and_binds_their_container() -> None:
@@ -192,7 +197,9 @@ def test_rebuild_reproduces_the_ledger() -> None:
         res = ledger.reserve(user, 1000 + i, "students", student(user), GpuRequest(count=1), NOW)
         cid = f"{i}" * 64
         ledger.bind(res.reservation_id, cid)
-        containers.append(ContainerSummary(cid, res.labels(), "running"))
+        containers.append(
+            ContainerSummary(cid, res.labels(), "running", gpu_devices=res.device_ids)
+        )
     fresh = Ledger(example_inventory())
     fresh.rebuild(containers, NOW + 5)
 
@@ -210,3 +217,169 @@ def test_rebuild_priority_from_policy() -> None:
     ledger = Ledger(example_inventory())
     ledger.rebuild([container(A, "alice", [G0[0]])], NOW, priority_for=lambda user: 42)
     assert ledger.allocation_of(A).priority == 42
+
+
+# ---------------------------------------------------------------- forged claims (issue 11)
+
+EVERY = [*G0, G1_3G, GPU2, GPU3]
+STUDENTS = {"alice": student("alice"), "bob": student("bob")}
+
+
+def quota_of(user: str, uid: int | None) -> Limits:
+    return STUDENTS.get(user) or student(user)
+
+
+@pytest.mark.parametrize(
+    ("summaries", "kinds", "held"),
+    [
+        pytest.param(
+            [container(A, "alice", EVERY, state="created", given=[])],
+            ["unverified_claim"],
+            {},
+            id="image-label-without-device-requests",
+        ),
+        pytest.param(
+            [replace(container(A, "alice", [G0[0]]), gpu_devices=None)],
+            ["unverified_claim"],
+            {},
+            id="not-inspected",
+        ),
+        pytest.param(
+            [container(A, "alice", [G0[0]], state="created", given=[G0[1]])],
+            ["unverified_claim"],
+            {},
+            id="device-requests-name-other-devices",
+        ),
+        pytest.param(
+            [container(A, "alice", [G0[0]], given=[G0[1]])],
+            ["unverified_claim", "outside_ds01"],
+            {G0[1]: (A, OUTSIDE_USER)},
+            id="running-on-other-devices-holds-those-for-nobody",
+        ),
+        pytest.param(
+            [container(A, "alice", [G0[0]], state="created", given=[G0[0], G0[1]])],
+            ["unverified_claim"],
+            {},
+            id="device-requests-name-more",
+        ),
+        pytest.param(
+            [container(A, "alice", [GPU2], state="created", given=["all"])],
+            ["unverified_claim"],
+            {},
+            id="device-requests-by-count",
+        ),
+        pytest.param(
+            [container(A, "alice", ["MIG-made-up"], state="created")],
+            ["unknown_device"],
+            {},
+            id="unknown-device",
+        ),
+        pytest.param(
+            [container(A, "alice", [G0[0], G0[1]], state="created")],
+            ["over_quota"],
+            {},
+            id="over-quota-in-one-container",
+        ),
+        pytest.param(
+            [
+                container(A, "alice", [G0[0]], at=NOW - 600),
+                container(B, "alice", [G0[1]], state="created", at=NOW - 60),
+            ],
+            ["over_quota"],
+            {G0[0]: (A, "alice")},
+            id="over-quota-second-container",
+        ),
+        pytest.param(
+            [container(A, "alice", [GPU2], state="created")],
+            ["over_quota"],
+            {},
+            id="whole-gpu-for-a-student",
+        ),
+        pytest.param(
+            [
+                container(A, "alice", [G0[0]], at=NOW - 600),
+                container(B, "bob", [G0[0]], state="created", at=NOW - 60),
+            ],
+            ["double_claim"],
+            {G0[0]: (A, "alice")},
+            id="duplicate-claim-on-a-held-device",
+        ),
+        pytest.param(
+            [
+                container(A, "alice", [G0[0]], at=NOW - 600),
+                container(B, "alice", [G0[0], G0[1]], at=NOW - 60),
+            ],
+            ["double_claim", "over_quota"],
+            {G0[0]: (A, "alice"), G0[1]: (B, OUTSIDE_USER)},
+            id="running-over-quota-is-held-for-nobody",
+        ),
+    ],
+)
+def test_reconcile_refuses_forged_claims(summaries, kinds, held) -> None:
+    """A claim is recorded only if dockerd backs it, the devices exist and are free, and the
+    owner's quota allows it; every refusal is a conflict."""
+    ledger = Ledger(example_inventory())
+    conflicts = ledger.rebuild(summaries, NOW, limits_for=quota_of)
+    assert [c.kind for c in conflicts] == kinds
+    assert {u: (a.container_id, a.user) for a in ledger.allocations() for u in a.devices} == held
+    ledger.check_invariants()
+
+
+def test_image_label_claiming_every_device_gives_nothing() -> None:
+    """The attack of issue 11: an image labelled with every UUID; others still get GPUs."""
+    ledger = Ledger(example_inventory())
+    forged = container(A, "alice", EVERY, state="created", given=[])
+    ledger.rebuild([forged], NOW, limits_for=quota_of)
+    assert ledger.allocations() == ()
+    granted = ledger.reserve("bob", 2, "g", student("bob"), GpuRequest(count=1), NOW)
+    assert isinstance(granted, Reservation)
+
+
+def test_conflict_messages() -> None:
+    """A refused claim says which container, whose, and why it is ignored."""
+    ledger = Ledger(example_inventory())
+    conflicts = ledger.rebuild(
+        [container(A, "alice", [G0[0]], state="created", given=[])], NOW, limits_for=quota_of
+    )
+    assert conflicts[0].message == (
+        f"container {A[:12]} (alice) claims {G0[0]} in its ds01.devices label, but from "
+        "dockerd it gets no GPUs; the claim is ignored (an image label, or a container "
+        "created outside DS01)"
+    )
+    conflicts = ledger.rebuild(
+        [container(A, "alice", [G0[0], G0[1]], state="created")], NOW, limits_for=quota_of
+    )
+    assert conflicts[0].message.startswith(
+        f"container {A[:12]} claims 2 device(s) for alice, beyond their quota ("
+    )
+
+
+# ---------------------------------------------------------------- one container at a time
+
+
+def test_adopt_records_a_verified_container_only() -> None:
+    """``adopt`` applies the rebuild rules to one container and leaves the rest alone."""
+    ledger = Ledger(example_inventory())
+    ledger.rebuild([container(A, "alice", [G0[0]])], NOW, limits_for=quota_of)
+    forged = container(B, "bob", EVERY, state="created", given=[])
+    assert [c.kind for c in ledger.adopt(forged, NOW, limits_for=quota_of)] == ["unverified_claim"]
+    assert by_container(ledger) == {A: (G0[0],)}
+    stolen = container(C, "bob", [G0[0]], state="created", at=NOW - 7200)
+    assert [c.kind for c in ledger.adopt(stolen, NOW, limits_for=quota_of)] == ["double_claim"]
+    assert by_container(ledger) == {A: (G0[0],)}  # the earlier verified holder keeps it
+    real = container(C, "bob", [G0[1]], state="created")
+    assert ledger.adopt(real, NOW, limits_for=quota_of) == []
+    assert by_container(ledger) == {A: (G0[0],), C: (G0[1],)}
+    over = container(B, "bob", [G0[2]], state="created")
+    assert [c.kind for c in ledger.adopt(over, NOW, limits_for=quota_of)] == ["over_quota"]
+    ledger.check_invariants()
+
+
+def test_adopt_binds_a_create_in_flight() -> None:
+    """The container of a create in flight takes over its reservation (no quota twice)."""
+    ledger = Ledger(example_inventory())
+    res = ledger.reserve("alice", 1, "g", student(), GpuRequest(count=1), NOW)
+    made = container(A, "alice", list(res.device_ids), state="created")
+    assert ledger.adopt(made, NOW, limits_for=quota_of) == []
+    assert ledger.allocation_of(A).reservation_id == res.reservation_id
+    ledger.check_invariants()
