@@ -181,23 +181,103 @@ async def test_a_create_left_in_flight_by_a_dead_ds01d_is_not_accounted_for():
     assert not b.accounts_for("c-orphan", taken)  # the same device, another user's create
 
 
-async def test_an_unaccounted_create_event_triggers_a_reconcile():
-    """Events carry the container's labels: an orphan's devices are taken back from Docker."""
+class FakeDocker:
+    """dockerd as the event watcher sees it: containers by id, and what was asked."""
+
+    def __init__(self, containers: dict[str, dict]) -> None:
+        self.containers = containers
+        self.inspects: list[str] = []
+        self.lists = 0
+
+    async def inspect_container(self, cid: str) -> dict | None:
+        self.inspects.append(cid)
+        return self.containers.get(cid)
+
+    async def list_containers(self) -> list[dict]:
+        self.lists += 1
+        return [
+            {"Id": cid, "Labels": c["Config"]["Labels"], "State": c["State"]["Status"]}
+            for cid, c in self.containers.items()
+        ]
+
+
+def docker_container(cid: str, labels: dict[str, str], device_ids: list[str] | None) -> dict:
+    requests = None if device_ids is None else [{"Driver": "nvidia", "DeviceIDs": device_ids}]
+    return {
+        "Id": cid,
+        "Config": {"Labels": labels},
+        "State": {"Status": "created", "FinishedAt": "0001-01-01T00:00:00Z"},
+        "HostConfig": {"DeviceRequests": requests},
+    }
+
+
+def created(cid: str, labels: dict[str, str]) -> dict:
+    return {"Type": "container", "Action": "create", "Actor": {"ID": cid, "Attributes": labels}}
+
+
+async def test_forged_create_events_cost_one_inspect_each_and_no_reconcile():
+    """An image labelled with every device: each create inspects that container only, and
+    the ledger records nothing; a genuine orphan (DeviceRequests agree) is recorded."""
     from authz_plugin.events import EventWatcher
 
     b, _ = broker()
-    watcher = EventWatcher(docker=None, broker=b, clock=lambda: NOW)  # type: ignore[arg-type]
-    reconciled: list[bool] = []
-
-    async def reconcile() -> None:
-        reconciled.append(True)
-
-    watcher.reconcile = reconcile  # type: ignore[method-assign]
-
-    def created(cid: str, labels: dict[str, str]) -> dict:
-        return {"Type": "container", "Action": "create", "Actor": {"ID": cid, "Attributes": labels}}
-
+    forged = {"ds01.user": "low", "ds01.devices": f"{GPU2},{GPU3}"}
+    orphan = {"ds01.user": "low", "ds01.uid": "1000", "ds01.devices": GPU2}
+    containers = {f"f{n}": docker_container(f"f{n}", forged, None) for n in range(20)}
+    containers["orphan"] = docker_container("orphan", orphan, [GPU2])
+    docker = FakeDocker(containers)
+    watcher = EventWatcher(docker=docker, broker=b, clock=lambda: NOW)  # type: ignore[arg-type]
     await watcher.handle(created("c-plain", {"ds01.user": "low", "image": "busybox"}))
-    assert reconciled == []
-    await watcher.handle(created("c-orphan", {"ds01.user": "low", "ds01.devices": GPU2}))
-    assert reconciled == [True]
+    assert docker.inspects == []  # no GPU claim: nothing to check
+    for n in range(20):
+        await watcher.handle(created(f"f{n}", forged))
+    assert docker.lists == 0 and len(docker.inspects) == 20
+    assert b.ledger.allocations() == ()
+    assert {c.kind for c in b.conflicts} == {"unverified_claim"}
+    await watcher.handle(created("orphan", orphan))
+    assert b.ledger.holder_of(GPU2).container_id == "orphan"
+    assert b.ledger.holder_of(GPU3) is None
+
+
+async def test_event_reconciles_are_rate_limited():
+    """However many events ask for a full reconcile, one runs per interval."""
+    from authz_plugin.events import EventWatcher
+
+    clock = Clock()
+    b, _ = broker()
+    docker = FakeDocker({})
+    watcher = EventWatcher(docker=docker, broker=b, clock=clock)  # type: ignore[arg-type]
+    watcher.reconcile_interval = 0.01
+    watcher.request_reconcile()
+    first = watcher._reconcile_soon
+    await first
+    assert docker.lists == 1
+    for _ in range(100):
+        watcher.request_reconcile()
+    second = watcher._reconcile_soon
+    assert second is not first
+    await second
+    assert docker.lists == 2
+    clock.now += 5  # within the interval after the last one: still only one more
+    for _ in range(100):
+        watcher.request_reconcile()
+    await watcher._reconcile_soon
+    assert docker.lists == 3
+
+
+async def test_an_inspect_failure_falls_back_to_a_rate_limited_reconcile():
+    """If the one container cannot be inspected, a full reconcile (rate-limited) runs."""
+    from authz_plugin.events import EventWatcher
+
+    b, _ = broker()
+
+    class Broken(FakeDocker):
+        async def inspect_container(self, cid: str) -> dict | None:
+            raise OSError("dockerd went away")
+
+    docker = Broken({})
+    watcher = EventWatcher(docker=docker, broker=b, clock=lambda: NOW)  # type: ignore[arg-type]
+    for n in range(10):
+        await watcher.handle(created(f"x{n}", {"ds01.user": "low", "ds01.devices": GPU2}))
+    await watcher._reconcile_soon
+    assert docker.lists == 1
