@@ -22,7 +22,12 @@ DEVCONTAINER_PREFIX = "devcontainer."
 COMPOSE_PROJECT = "com.docker.compose.project"
 KINDS = ("devcontainer", "compose", "docker")
 EXEMPTIBLE = ("idle", "max_runtime", "removal")
-LIFECYCLE_KEYS = ("idle_timeout", "max_runtime", "gpu_hold_after_stop", "container_hold_after_stop")
+LIFECYCLE_KEYS = (
+    "idle_timeout",
+    "max_runtime",
+    "gpu_hold_after_stop",
+    "container_hold_after_stop",
+)
 
 # Warning levels, in percent of the limit; the last one is the final notice before the stop.
 IDLE_WARNINGS = (80, 95)
@@ -279,10 +284,32 @@ def is_high_demand(allocated: float, total: float, settings: Settings) -> bool:
 
 
 def effective(limits: Limits, settings: Settings, kind: str) -> dict[str, float | None]:
-    """The user's lifecycle durations, overridden by ``container_types[kind]`` where it says."""
+    """The user's lifecycle durations; ``container_types[kind]`` can only shorten them.
+
+    A container's kind comes from labels whoever created it chose, so it proves nothing: its
+    entry applies only where it is less generous than the user's own value (``None`` is
+    unlimited). A label can make a container's limits stricter, never looser.
+    """
     values = {key: limits.values.get(key) for key in LIFECYCLE_KEYS}
-    values.update(settings.container_types.get(kind) or {})
+    for key, value in (settings.container_types.get(kind) or {}).items():
+        values[key] = _least(values.get(key), value)
     return values
+
+
+def _least(own: float | None, kind: float | None) -> float | None:
+    """The less generous of two durations, ``None`` being unlimited."""
+    if own is None or kind is None:
+        return kind if own is None else own
+    return min(own, kind)
+
+
+def life_start(info: ContainerInfo) -> float | None:
+    """Where ``max_runtime`` counts from: dockerd's ``Created`` time, which no user sets.
+
+    Counting from the last start would let a restart reset the limit; the container's life is
+    the window instead (its start if dockerd gave no creation time).
+    """
+    return info.created_at if info.created_at is not None else info.started_at
 
 
 # ----------------------------------------------------------------------------- the rules
@@ -306,7 +333,7 @@ def evaluate(
     if info.state == "running" and info.started_at is not None:
         return _running(info, tracker, sample, limits, settings, now, high_demand)
     if info.state in ("exited", "dead"):
-        return Tracker(), _stale(info, limits, settings, now)
+        return Tracker(warned=_runtime_warnings(tracker)), _stale(info, limits, settings, now)
     if info.state == "created" and info.started_at is None:
         return Tracker(), _never_started(info, settings, now)
     return tracker, []  # paused, restarting, removing: wait until it settles
@@ -322,8 +349,8 @@ def _running(
     high_demand: bool,
 ) -> tuple[Tracker, list[Action]]:
     assert info.started_at is not None
-    if tracker.started_at != info.started_at:
-        tracker = Tracker(started_at=info.started_at)  # restarted: a new run, a clean slate
+    if tracker.started_at != info.started_at:  # restarted: a new run, a clean idle slate
+        tracker = Tracker(started_at=info.started_at, warned=_runtime_warnings(tracker))
     values = effective(limits, settings, info.kind)
     actions: list[Action] = []
     if sample is not None:  # without a fresh sample there is no evidence either way
@@ -340,11 +367,19 @@ def _running(
             actions += found
 
     runtime = values["max_runtime"]
-    if runtime is not None and settings.exemption(info.user, "max_runtime", now) is None:
-        tracker, found = _deadline(
-            info, tracker, "max_runtime", info.started_at, runtime, RUNTIME_WARNINGS, now
-        )
-        actions += found
+    born = life_start(info)
+    if (
+        runtime is not None
+        and born is not None
+        and settings.exemption(info.user, "max_runtime", now) is None
+    ):
+        if info.started_at >= born + runtime:  # started again after its life was used up
+            actions.append(Stop(info.id, "max_runtime", _spent_message(info, runtime)))
+        else:
+            tracker, found = _deadline(
+                info, tracker, "max_runtime", born, runtime, RUNTIME_WARNINGS, now
+            )
+            actions += found
 
     stops: list[Action] = [a for a in actions if isinstance(a, Stop)]
     return tracker, (stops[:1] if stops else actions)  # one stop says it all
@@ -446,6 +481,12 @@ def _deadline(
     return replace(tracker, warned=warned), [Warn(info.id, reason, level, stop_at, message)]
 
 
+def _runtime_warnings(tracker: Tracker) -> dict[str, tuple[int, float]]:
+    """The max_runtime warnings already sent: they hold for the container's life, not a run."""
+    sent = tracker.warned.get("max_runtime")
+    return {} if sent is None else {"max_runtime": sent}
+
+
 def _forget_warnings(tracker: Tracker, reason: str) -> Tracker:
     if reason not in tracker.warned:
         return tracker
@@ -504,18 +545,31 @@ def _warn_message(
             f"or touch /tmp/ds01-keepalive inside it"
         )
     return (
-        f"ds01: container {info.label} has run for {format_duration(elapsed)} "
-        f"(max_runtime {format_duration(limit)}); it will be stopped {when}. "
-        f"Save your work; start it again afterwards if you need more time"
+        f"ds01: container {info.label} was created {format_duration(elapsed)} ago "
+        f"(max_runtime {format_duration(limit)}, counted from its creation); it will be "
+        f"stopped {when}. Save your work; a restart does not reset this: create a new "
+        f"container if you need more time"
     )
 
 
 def _stop_message(info: ContainerInfo, reason: Reason, elapsed: float) -> str:
-    what = "idle" if reason == "idle" else "running"
+    if reason == "max_runtime":
+        return (
+            f"ds01: stopping container {info.label}: created {format_duration(elapsed)} ago "
+            f"(max runtime limit reached, counted from its creation). Create a new container "
+            f"to continue; starting this one again stops it again"
+        )
     return (
-        f"ds01: stopping container {info.label}: {what} for {format_duration(elapsed)} "
-        f"({reason.replace('_', ' ')} limit reached). `docker start {info.name or info.short}` "
-        f"starts it again"
+        f"ds01: stopping container {info.label}: idle for {format_duration(elapsed)} "
+        f"(idle limit reached). `docker start {info.name or info.short}` starts it again"
+    )
+
+
+def _spent_message(info: ContainerInfo, limit: float) -> str:
+    return (
+        f"ds01: stopping container {info.label}: its max_runtime of {format_duration(limit)} "
+        f"counts from its creation and had already passed when it was started again. "
+        f"Create a new container to continue"
     )
 
 
@@ -550,10 +604,10 @@ def describe(
         promised = tracker.warned.get("idle", (0, 0.0))[1]
         stops.append((max(idle_since + idle_timeout, promised), "idle"))
     runtime = values["max_runtime"]
-    if running and runtime is not None and "max_runtime" not in exempt:
-        assert info.started_at is not None
-        promised = tracker.warned.get("max_runtime", (0, 0.0))[1] if same_run else 0.0
-        stops.append((max(info.started_at + runtime, promised), "max_runtime"))
+    born = life_start(info)
+    if running and runtime is not None and born is not None and "max_runtime" not in exempt:
+        promised = tracker.warned.get("max_runtime", (0, 0.0))[1]
+        stops.append((max(born + runtime, promised), "max_runtime"))
     stop_at, stop_reason = min(stops) if stops else (None, None)
     remove_at, remove_reason = _removal_time(info, values, settings, now, "removal" in exempt)
     return {
@@ -563,7 +617,7 @@ def describe(
         "kind": info.kind,
         "state": info.state,
         "idle_seconds": (now - idle_since if idle_since is not None else 0.0) if running else None,
-        "runtime_seconds": now - info.started_at if running and info.started_at else None,
+        "runtime_seconds": now - born if running and born is not None else None,
         "idle_timeout": idle_timeout,
         "max_runtime": runtime,
         "high_demand": high_demand,

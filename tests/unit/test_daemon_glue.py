@@ -9,12 +9,15 @@ defaults:
   gpu_hold_after_stop: 15m
 container_types:
   devcontainer:
+    gpu_hold_after_stop: 5m
+  compose:
     gpu_hold_after_stop: 2h
 """
 
 
 def test_gpu_hold_after_stop_follows_the_container_type(tmp_path):
-    """A stopped Dev Container keeps its GPU as long as container_types says; others as the user's."""
+    """container_types may shorten a stopped container's GPU hold, never lengthen it: the
+    kind comes from labels anyone can set."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     args = build_parser().parse_args(
@@ -34,7 +37,9 @@ def test_gpu_hold_after_stop_follows_the_container_type(tmp_path):
     try:
         assert daemon.broker.hold_after_stop("nobody-x", None, {}) == 900
         devcontainer = {"devcontainer.local_folder": "/home/x/proj"}
-        assert daemon.broker.hold_after_stop("nobody-x", None, devcontainer) == 7200
+        assert daemon.broker.hold_after_stop("nobody-x", None, devcontainer) == 300
+        compose = {"com.docker.compose.project": "x"}
+        assert daemon.broker.hold_after_stop("nobody-x", None, compose) == 900
     finally:
         daemon.audit.close()
 

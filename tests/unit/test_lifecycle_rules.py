@@ -196,10 +196,16 @@ TIMELINES = [
         id="max_runtime stops before idle would",
     ),
     pytest.param(
+        "container_types:\n  devcontainer:\n    idle_timeout: 30m\n",
+        {"info": replace(RUNNING, kind="devcontainer")},
+        [(24, "warn", "idle", 80), (29, "warn", "idle", 95), (30, "stop", "idle", None)],
+        id="container_types.devcontainer shortens the user's idle_timeout",
+    ),
+    pytest.param(
         "container_types:\n  devcontainer:\n    idle_timeout: 2h\n",
         {"info": replace(RUNNING, kind="devcontainer")},
-        [(96, "warn", "idle", 80), (114, "warn", "idle", 95), (120, "stop", "idle", None)],
-        id="container_types.devcontainer overrides the user's idle_timeout",
+        IDLE_1H,
+        id="a kind chosen by label never lengthens the user's idle_timeout",
     ),
     pytest.param(
         "container_types:\n  devcontainer:\n    idle_timeout: 2h\n",
@@ -210,8 +216,8 @@ TIMELINES = [
     pytest.param(
         "container_types:\n  compose:\n    idle_timeout: null\n",
         {"info": replace(RUNNING, kind="compose")},
-        [],
-        id="container_types.compose: null means never idle-stopped",
+        IDLE_1H,
+        id="container_types.compose: null (unlimited) does not lift the user's idle_timeout",
     ),
     pytest.param(
         "exemptions:\n  - {user: alice, until: '2023-12-31', reason: thesis}\n",
@@ -377,7 +383,14 @@ REMOVALS = [
         "container_types:\n  compose:\n    container_hold_after_stop: 1h\n",
         replace(RUNNING, state="exited", finished_at=START, kind="compose"),
         [(HOUR - 1, None), (HOUR, "container_hold")],
-        id="container_types.compose overrides the hold",
+        id="container_types.compose shortens the hold",
+    ),
+    pytest.param(
+        "defaults:\n  container_hold_after_stop: 1h\n"
+        "container_types:\n  compose:\n    container_hold_after_stop: 30d\n",
+        replace(RUNNING, state="exited", finished_at=START, kind="compose"),
+        [(HOUR - 1, None), (HOUR, "container_hold")],
+        id="a kind chosen by label never lengthens the hold",
     ),
     pytest.param(
         "defaults:\n  container_hold_after_stop: 1d\n",
@@ -439,7 +452,7 @@ def test_describe_idle_container() -> None:
     now = START + 30 * MINUTE
     view = describe(RUNNING, tracker, limits, settings, now)
     assert view["idle_seconds"] == 20 * MINUTE
-    assert view["runtime_seconds"] == 30 * MINUTE
+    assert view["runtime_seconds"] == 30 * MINUTE + 10  # created 10 s before it started
     assert (view["stop_at"], view["stop_reason"]) == (START + 70 * MINUTE, "idle")
     assert (view["remove_at"], view["exempt"]) == (None, {})
 
@@ -449,7 +462,8 @@ def test_describe_busy_container_shows_runtime_limit() -> None:
     limits, settings = policy("defaults:\n  idle_timeout: 1h\n  max_runtime: 1d\n")
     view = describe(RUNNING, Tracker(started_at=START), limits, settings, START + HOUR, True)
     assert view["idle_seconds"] == 0.0
-    assert (view["stop_at"], view["stop_reason"]) == (START + 24 * HOUR, "max_runtime")
+    # max_runtime counts from creation, 10 s before the start
+    assert (view["stop_at"], view["stop_reason"]) == (START - 10 + 24 * HOUR, "max_runtime")
     assert view["idle_timeout"] == 30 * MINUTE
 
 
