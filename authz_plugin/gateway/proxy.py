@@ -26,6 +26,13 @@ from typing import Any, Protocol, TypeVar
 
 import h11
 
+from .limits import (
+    Admission,
+    GatewayLimits,
+    Refusal,
+    body_stall_message,
+    head_timeout_message,
+)
 from .peer import peer_credentials
 from .types import Client, Forward, Handler, PeerCred, Reply, RequestHead
 
@@ -35,6 +42,9 @@ READ_SIZE = 256 * 1024
 # resume on nearly every 256 KiB read.
 _BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 _STREAM_LIMIT = 1024 * 1024
+# A client's reader pauses its socket above twice this: what a client sends ahead of a long
+# answer (logs -f, events) costs the gateway at most that much memory per connection.
+_CLIENT_STREAM_LIMIT = READ_SIZE
 _WRITE_HIGH_WATER = 1024 * 1024
 _MAX_RESPONSE_HEAD = 64 * 1024
 _MAX_CHUNK_LINE = 4096
@@ -47,6 +57,12 @@ _HANGUP_POLL_S = 1.0
 _WATCH_AFTER_S = 0.2
 _LINGER_S = 2.0
 _LINGER_BYTES = 1024 * 1024
+# A refused connection is answered, half-closed and read from briefly so the client sees the
+# answer rather than a broken pipe; at most this many at once (the rest are closed at once).
+_REFUSAL_LINGER_S = 1.0
+_REFUSAL_LINGER_BYTES = 64 * 1024
+_REFUSALS_LINGERING = 32
+_REFUSAL_LOG_EVERY_S = 10.0
 _CLOSE_WAIT_S = 1.0
 # An upstream connection idle longer than this is not trusted with a body we cannot replay.
 _UPSTREAM_IDLE_S = 30.0
@@ -88,6 +104,10 @@ class _BadChunking(Exception):
     """dockerd's chunked framing could not be followed."""
 
 
+class _Stalled(Exception):
+    """The client sent nothing within the time it is given (a head or a body byte)."""
+
+
 class Gateway:
     """Serves the Docker API on a unix socket and forwards what the handler approves."""
 
@@ -97,11 +117,16 @@ class Gateway:
         upstream_socket_path: str,
         *,
         max_header_bytes: int = 64 * 1024,
+        limits: GatewayLimits | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         self.handler = handler
         self.upstream = upstream_socket_path
         self.max_header_bytes = max_header_bytes
+        self.limits = limits or GatewayLimits()
+        self.admission = Admission(self.limits)
+        self._refusing = 0
+        self._refusal_logged: dict[int, tuple[float, int]] = {}
         self.log = logger or logging.getLogger("ds01.gateway.proxy")
         self._server: asyncio.AbstractServer | None = None
         self._path: str | None = None
@@ -143,7 +168,7 @@ class Gateway:
         # asyncio listens again with its own backlog (100 by default): pass ours, or a burst of
         # clients connecting at once (Go clients connect non-blocking) gets EAGAIN.
         self._server = await asyncio.start_unix_server(
-            self._serve, sock=sock, limit=_STREAM_LIMIT, backlog=_BACKLOG
+            self._serve, sock=sock, limit=_CLIENT_STREAM_LIMIT, backlog=_BACKLOG
         )
         self.log.debug("gateway listening on %s, forwarding to %s", path, self.upstream)
 
@@ -172,12 +197,89 @@ class Gateway:
             self._path = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = _Connection(self, reader, writer)
-        self._conns.add(conn)
         try:
-            await conn.serve()
+            peer = peer_credentials(writer.get_extra_info("socket"))
+        except (OSError, AttributeError) as exc:  # no kernel word on the peer: serve nothing
+            self.log.warning("gateway: cannot read the peer's credentials: %s", exc)
+            writer.transport.abort()
+            return
+        refusal = self.admission.admit(peer.uid)
+        if refusal is not None:
+            await self._refuse(reader, writer, peer, refusal)
+            return
+        try:
+            conn = _Connection(self, reader, writer, peer)
+            self._conns.add(conn)
+            try:
+                await conn.serve()
+            finally:
+                self._conns.discard(conn)
         finally:
-            self._conns.discard(conn)
+            self.admission.release(peer.uid)
+
+    async def _refuse(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: PeerCred,
+        refusal: Refusal,
+    ) -> None:
+        """Answer a connection over a cap with a Docker JSON error and close it.
+
+        It costs an fd only briefly: the answer goes out at once (it fits the socket buffer),
+        and the short read that follows is bounded in time, bytes and count.
+        """
+        self._log_refusal(peer, refusal)
+        body = json.dumps({"message": refusal.message}).encode()
+        reason = http.HTTPStatus(refusal.status).phrase.encode()
+        headers = [
+            (b"Content-Type", b"application/json"),
+            (b"Content-Length", b"%d" % len(body)),
+            (b"Connection", b"close"),
+        ]
+        transport = writer.transport
+        try:
+            writer.write(_head_bytes(refusal.status, reason, headers) + body)
+            if self._refusing >= _REFUSALS_LINGERING or not writer.can_write_eof():
+                return
+            self._refusing += 1
+            try:
+                # Half-close, then take what the client already sent: it reads our answer
+                # and an end of file, not a reset in the middle of writing its request.
+                writer.write_eof()
+                async with asyncio.timeout(_REFUSAL_LINGER_S):
+                    taken = 0
+                    while taken < _REFUSAL_LINGER_BYTES:
+                        data = await reader.read(READ_SIZE)
+                        if not data:
+                            break
+                        taken += len(data)
+            finally:
+                self._refusing -= 1
+        except (OSError, RuntimeError, TimeoutError):
+            pass
+        finally:
+            transport.close()
+
+    def _log_refusal(self, peer: PeerCred, refusal: Refusal) -> None:
+        """Warn about refusals, once per status every few seconds, with the busiest uids."""
+        now = time.monotonic()
+        last, count = self._refusal_logged.get(refusal.status, (0.0, 0))
+        if now - last < _REFUSAL_LOG_EVERY_S:
+            self._refusal_logged[refusal.status] = (last, count + 1)
+            return
+        self._refusal_logged[refusal.status] = (now, 0)
+        self.log.warning(
+            "gateway: refused a connection from uid %d (pid %d) with %d (%d more refused "
+            "since the last warning); %d connections open of %d, busiest uids: %s",
+            peer.uid,
+            peer.pid,
+            refusal.status,
+            count,
+            self.admission.open,
+            self.admission.total,
+            ", ".join(f"{uid}: {n}" for uid, n in self.admission.busiest()),
+        )
 
     def run_callback(
         self, what: str, callback: Callable[..., _T], *args: Any
@@ -238,14 +340,21 @@ class _Connection:
     """One client connection: requests in order, one dockerd connection behind it."""
 
     def __init__(
-        self, gateway: Gateway, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        gateway: Gateway,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: PeerCred,
     ) -> None:
         self.gw = gateway
         self.log = gateway.log
+        self.limits = gateway.limits
         self.reader, self.writer = reader, writer
         self.sock = writer.get_extra_info("socket")
         self.task = asyncio.current_task()
-        self.client = Client(PeerCred(pid=0, uid=-1, gid=-1))
+        self.client = Client(peer)
+        self.started = asyncio.get_running_loop().time()
+        self.served = 0
         self.up: _Upstream | None = None
         # Client bytes read but not parsed yet (a pipelined request, the start of a raw stream).
         self.ahead = bytearray()
@@ -264,9 +373,8 @@ class _Connection:
 
     async def serve(self) -> None:
         try:
-            self.client = Client(peer_credentials(self.sock))
             while await self._serve_one():
-                pass
+                self.served += 1
         except asyncio.CancelledError:
             if self.aborted is None:
                 raise
@@ -367,6 +475,20 @@ class _Connection:
         if not data:
             self.client_eof = True
         return data
+
+    async def _recv_by(self, deadline: float) -> bytes:
+        """Like _recv, but raise _Stalled when nothing arrives by ``deadline`` (loop time)."""
+        if self.ahead or self.client_eof:
+            return await self._recv()
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._recv()
+        except TimeoutError:
+            raise _Stalled from None
+
+    async def _recv_body(self) -> bytes:
+        """The next bytes of a request body; _Stalled when none come for ``body_stall``."""
+        return await self._recv_by(asyncio.get_running_loop().time() + self.limits.body_stall)
 
     async def _drain_client(self) -> None:
         try:
@@ -531,6 +653,18 @@ class _Connection:
         return await _Exchange(self, parser, action, body, chunked, length, close).run()
 
     async def _read_head(self, parser: h11.Connection) -> h11.Request | None:
+        """The next request head, within the time allowed; None when the connection ends.
+
+        A new connection has ``head_timeout`` from its start for its first head; between
+        requests a client may wait ``idle_timeout`` before its next one begins, and then has
+        ``head_timeout`` to finish it. Nothing here runs while an answer is being relayed, so
+        streams (events, logs -f, attach, exec) are never cut by these limits.
+        """
+        loop = asyncio.get_running_loop()
+        if self.served:
+            deadline = loop.time() + self.limits.idle_timeout
+        else:
+            deadline = self.started + self.limits.head_timeout
         fed = 0
         while True:
             try:
@@ -541,7 +675,12 @@ class _Connection:
                     await self._fail(status, f"ds01: malformed HTTP request: {exc}")
                 return None
             if event is h11.NEED_DATA:
-                data = await self._recv()
+                try:
+                    data = await self._recv_by(deadline)
+                except _Stalled:
+                    return await self._head_timed_out(fed)
+                if not fed and data and self.served:
+                    deadline = loop.time() + self.limits.head_timeout
                 parser.receive_data(data)
                 fed += len(data)
                 continue
@@ -555,6 +694,14 @@ class _Connection:
             await self._fail(431, "ds01: request headers too large")
             return None
         return event
+
+    async def _head_timed_out(self, fed: int) -> None:
+        if fed:  # a head begun and not finished: say why before closing
+            self.log.debug("gateway: pid %d stalled mid-head", self.client.peer.pid)
+            await self._fail(408, head_timeout_message(self.limits.head_timeout))
+        else:  # an idle connection: close it, as any HTTP server does
+            self.log.debug("gateway: closing idle connection from pid %d", self.client.peer.pid)
+        return None
 
     def _finish_request(self, parser: h11.Connection) -> None:
         """Consume the end of a body-less request and keep what follows it."""
@@ -580,24 +727,38 @@ class _Connection:
         self._continue(parser)
         parts: list[bytes] = []
         size = 0
-        while True:
-            try:
-                event = parser.next_event()
-            except h11.RemoteProtocolError as exc:
-                if not self.client_eof:
-                    await self._fail(400, f"ds01: malformed HTTP request body: {exc}")
-                return None
-            if event is h11.NEED_DATA:
-                parser.receive_data(await self._recv())
-            elif isinstance(event, h11.Data):
-                size += len(event.data)
-                if size > limit:
-                    await self._fail(413, _too_large(limit), head_only=head_only)
+        admission, uid = self.gw.admission, self.client.peer.uid
+        try:
+            while True:
+                try:
+                    event = parser.next_event()
+                except h11.RemoteProtocolError as exc:
+                    if not self.client_eof:
+                        await self._fail(400, f"ds01: malformed HTTP request body: {exc}")
                     return None
-                parts.append(event.data)
-            elif isinstance(event, h11.EndOfMessage):
-                self._stash(parser)
-                return b"".join(parts)
+                if event is h11.NEED_DATA:
+                    try:
+                        parser.receive_data(await self._recv_body())
+                    except _Stalled:
+                        await self._fail(408, body_stall_message(self.limits.body_stall))
+                        return None
+                elif isinstance(event, h11.Data):
+                    if size + len(event.data) > limit:
+                        await self._fail(413, _too_large(limit), head_only=head_only)
+                        return None
+                    # Bodies being buffered count against their user's budget, so one user's
+                    # half-sent bodies cost the gateway a bounded amount of memory.
+                    refusal = admission.charge_body(uid, len(event.data))
+                    if refusal is not None:
+                        await self._fail(refusal.status, refusal.message, head_only=head_only)
+                        return None
+                    size += len(event.data)
+                    parts.append(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    self._stash(parser)
+                    return b"".join(parts)
+        finally:
+            admission.refund_body(uid, size)
 
     # -- dockerd ---------------------------------------------------------------------------
 
@@ -849,9 +1010,13 @@ class _Exchange:
                     await w.drain()
                     break
                 await w.drain()
-                parser.receive_data(await conn._recv())
+                parser.receive_data(await conn._recv_body())
         except (h11.RemoteProtocolError, _ClientGone) as exc:
             conn.abort(f"client broke off its request body: {exc}")
+            return False
+        except _Stalled:
+            # The request is already on its way to dockerd: all we can do is end both sides.
+            conn.abort(f"no request body bytes for {conn.limits.body_stall:g} s")
             return False
         except OSError:
             return False  # dockerd stopped reading; its response (if any) still comes back
