@@ -22,6 +22,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from policy.host_checks import (
+    LINK_SYSCTLS,
+    Finding,
+    bind_grants,
+    mount_findings,
+    parse_mountinfo,
+    policy_findings,
+    static_base,
+    sysctl_findings,
+)
 from policy.loader import PolicyError, parse_policy
 
 # (socket path, method, request path) -> (status, lower-cased headers, decoded JSON or None)
@@ -38,6 +48,7 @@ class Check:
     ok: bool
     detail: str
     fix: str = ""
+    warn: bool = False  # with ok False: worth fixing, but a policy choice (exit code stays 0)
 
 
 @dataclass
@@ -57,6 +68,9 @@ class Host:
     request: Requester = field(default=None)  # type: ignore[assignment]
     nvml: Callable[[], Any] | None = None  # returns an allocator Inventory
     docker_group: str = "docker"
+    mountinfo: str = "/proc/self/mountinfo"
+    proc_sys: str = "/proc/sys"
+    home_root: str = "/home"  # where {home} lies: the filesystems holding it are checked
 
 
 # ----------------------------------------------------------------------------- probes
@@ -373,6 +387,64 @@ def _nvml() -> Any:
     return nvml_inventory()
 
 
+# ----------------------------------------------------------------------------- host hardening
+# DS01 runs non-admin containers as the caller, so container root cannot leave setuid files or
+# device nodes in bind-mounted folders; these checks are the defence in depth around that rule.
+
+
+def _policy_not_checked(name: str) -> list[Check]:
+    return [Check(name, False, "not checked: the policy is unusable", "see the policy line")]
+
+
+def check_bind_prefixes(policy: dict[str, Any] | None) -> list[Check]:
+    """Bind prefixes that are not per-user, and run_as: root next to bind_mounts (warnings)."""
+    name = "bind prefixes"
+    if policy is None:
+        return _policy_not_checked(name)
+    findings = policy_findings(policy)
+    if not findings:
+        return [Check(name, True, "every bind prefix is per-user")]
+    return [Check(name, False, f"{f.key}: {f.problem}", f.fix, warn=True) for f in findings]
+
+
+def _as_checks(name: str, findings: list[Finding]) -> list[Check]:
+    return [Check(name, False, f.problem, f.fix) for f in findings]
+
+
+def check_bind_mount_options(host: Host, policy: dict[str, Any] | None) -> list[Check]:
+    """The host mounts holding bind prefixes' folders are nosuid,nodev."""
+    name = "bind mount options"
+    if policy is None:
+        return _policy_not_checked(name)
+    try:
+        with open(host.mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+            mounts = parse_mountinfo(f.read())
+    except OSError as exc:
+        return [Check(name, False, f"{host.mountinfo}: {_why(exc)}", "run on the host")]
+    findings = mount_findings(policy, mounts, host.home_root)
+    if findings:
+        return _as_checks(name, findings)
+    bases = sorted({static_base(g.prefix, host.home_root) for g in bind_grants(policy)})
+    if not bases:
+        return [Check(name, True, "no bind prefixes for non-admins")]
+    return [Check(name, True, f"nosuid,nodev on every mount holding {', '.join(bases)}")]
+
+
+def check_link_protection(host: Host) -> list[Check]:
+    """fs.protected_hardlinks and fs.protected_symlinks are on."""
+    values: dict[str, str | None] = {}
+    for key in LINK_SYSCTLS:
+        try:
+            with open(os.path.join(host.proc_sys, *key.split(".")), encoding="ascii") as f:
+                values[key] = f.read()
+        except OSError:
+            values[key] = None
+    findings = sysctl_findings(values)
+    if findings:
+        return _as_checks("link protection", findings)
+    return [Check("link protection", True, " and ".join(f"{k} = 1" for k in LINK_SYSCTLS))]
+
+
 def run_checks(host: Host) -> list[Check]:
     if host.request is None:
         host.request = http_request
@@ -387,6 +459,9 @@ def run_checks(host: Host) -> list[Check]:
         check_default_runtime(info),
         check_gpus(host),
         policy_check,
+        *check_bind_prefixes(policy),
+        *check_bind_mount_options(host, policy),
+        *check_link_protection(host),
     ]
 
 
@@ -456,24 +531,28 @@ def host_from_args(args: argparse.Namespace) -> Host:
     )
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
 def render(checks: list[Check]) -> str:
     width = max(len(c.name) for c in checks)
     lines = []
     for check in checks:
-        lines.append(f"{'ok  ' if check.ok else 'FAIL'}  {check.name.ljust(width)}  {check.detail}")
+        label = "ok  " if check.ok else "warn" if check.warn else "FAIL"
+        lines.append(f"{label}  {check.name.ljust(width)}  {check.detail}")
         if not check.ok and check.fix:
             lines.append(f"      {' ' * width}  To fix: {check.fix}")
-    problems = sum(not c.ok for c in checks)
-    lines.append(
-        f"{problems} problem{'s' if problems != 1 else ''} found"
-        if problems
-        else "all checks passed"
-    )
+    problems = sum(not c.ok and not c.warn for c in checks)
+    warnings = sum(not c.ok and c.warn for c in checks)
+    found = [_plural(problems, "problem")] if problems else []
+    found += [_plural(warnings, "warning")] if warnings else []
+    lines.append(f"{' and '.join(found)} found" if found else "all checks passed")
     return "\n".join(lines)
 
 
 def doctor(argv: list[str] | None = None, host: Host | None = None) -> int:
-    """Print every check; exit 0 when all pass, 1 when any problem was found, 2 on misuse."""
+    """Print every check; exit 0 when all pass (warnings allowed), 1 on any problem, 2 on misuse."""
     try:
         args = build_parser().parse_args(argv or [])
     except SystemExit as exc:
@@ -485,7 +564,7 @@ def doctor(argv: list[str] | None = None, host: Host | None = None) -> int:
         print(render(checks))
     with contextlib.suppress(BrokenPipeError):
         sys.stdout.flush()
-    return 1 if any(not c.ok for c in checks) else 0
+    return 1 if any(not c.ok and not c.warn for c in checks) else 0
 
 
 if __name__ == "__main__":

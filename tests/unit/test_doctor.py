@@ -22,6 +22,7 @@ from authz_plugin.doctor import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
+HOST_FIXTURES = REPO / "tests/fixtures/host"
 GOOD_INFO = {
     "ServerVersion": "20.10.24+dfsg1",
     "Plugins": {"Authorization": ["ds01"]},
@@ -48,6 +49,10 @@ def host(tmp_path: Path):
     (tmp_path / "daemon.json").write_text(json.dumps({"hosts": [f"unix://{real}"]}))
     (tmp_path / "policy.yaml").write_text("defaults: {max_cpus: 4}\n")
     (tmp_path / "ds01.spec").write_text(f"unix://{plugin}\n")
+    (tmp_path / "mountinfo").write_text((HOST_FIXTURES / "mountinfo-hardened.txt").read_text())
+    (tmp_path / "sys/fs").mkdir(parents=True)
+    for name in ("protected_hardlinks", "protected_symlinks"):
+        (tmp_path / "sys/fs" / name).write_text("1\n")
     answers = {
         ("gw", "GET", "/ds01/v1/whoami"): (200, {}, {"user": "root"}),
         (str(real), "GET", "/info"): (200, {}, json.loads(json.dumps(GOOD_INFO))),
@@ -72,6 +77,8 @@ def host(tmp_path: Path):
         cgroup_root=str(tmp_path),
         request=request,
         nvml=lambda: SimpleNamespace(devices=[1, 2], problems=[]),
+        mountinfo=str(tmp_path / "mountinfo"),
+        proc_sys=str(tmp_path / "sys"),
     )
     h.answers = answers  # type: ignore[attr-defined]
     h.real = real  # type: ignore[attr-defined]
@@ -104,6 +111,9 @@ def test_a_good_deployment_passes(host, capsys):
         "default runtime",
         "NVML",
         "policy",
+        "bind prefixes",
+        "bind mount options",
+        "link protection",
     ]
     assert all(c.ok for c in checks), [c for c in checks if not c.ok]
     assert doctor([], host) == 0
@@ -129,11 +139,11 @@ def test_the_table_is_aligned():
 
 
 def test_json_output(host, capsys):
-    """--json prints one object per check (name, ok, detail, fix)."""
+    """--json prints one object per check (name, ok, detail, fix, warn)."""
     assert doctor(["--json"], host) == 0
     data = json.loads(capsys.readouterr().out)
     assert {d["name"] for d in data} >= {"gateway", "policy"}
-    assert all(set(d) == {"name", "ok", "detail", "fix"} for d in data)
+    assert all(set(d) == {"name", "ok", "detail", "fix", "warn"} for d in data)
 
 
 def test_misuse_exits_2(capsys):
@@ -388,3 +398,92 @@ def test_the_packaged_unit_gives_the_production_layout():
         default.inventory,
     )
     assert h.real_socket == "/run/ds01/dockerd.sock"
+
+
+# ---- host hardening around run_as: user ---------------------------------------------------------
+
+
+def checks_named(host: Host, name: str) -> list[Check]:
+    return [c for c in run_checks(host) if c.name == name]
+
+
+def test_a_home_mount_without_nosuid_nodev_is_a_problem_with_the_fstab_fix(host, capsys):
+    """The filesystem holding {home} (the default prefix) must be nosuid,nodev: exit 1."""
+    Path(host.mountinfo).write_text((HOST_FIXTURES / "mountinfo-weak.txt").read_text())
+    home, lab = checks_named(host, "bind mount options")
+    assert not home.ok and not home.warn
+    assert home.detail.startswith("/home (ext4 /dev/nvme0n1p3) holds /home ({home} from defaults)")
+    assert home.fix == (
+        "add nosuid,nodev to the options of /home in /etc/fstab, then: "
+        "mount -o remount,nosuid,nodev /home"
+    )
+    assert "/home/big lab" in lab.detail and "without nodev" in lab.detail
+    assert doctor([], host) == 1
+    assert "2 problems found" in capsys.readouterr().out
+
+
+def test_a_hardened_host_names_the_folders_it_checked(host):
+    Path(host.policy).write_text("defaults: {bind_mounts: ['{home}', '/data/{user}']}\n")
+    [check] = checks_named(host, "bind mount options")
+    assert check.ok and check.detail == "nosuid,nodev on every mount holding /data, /home"
+
+
+def test_a_prefix_on_the_root_filesystem_gets_a_nosuid_bind_mount(host):
+    Path(host.mountinfo).write_text((HOST_FIXTURES / "mountinfo-weak.txt").read_text())
+    Path(host.policy).write_text("defaults: {bind_mounts: ['/scratch/{user}']}\n")
+    [check] = checks_named(host, "bind mount options")
+    assert not check.ok and check.fix.startswith("mount /scratch on itself with nosuid,nodev")
+
+
+def test_unreadable_mountinfo_is_a_problem(host):
+    Path(host.mountinfo).unlink()
+    [check] = checks_named(host, "bind mount options")
+    assert not check.ok and check.detail.startswith(host.mountinfo)
+
+
+@pytest.mark.parametrize("sysctl", ["protected_hardlinks", "protected_symlinks"])
+def test_link_protection_off_is_a_problem_with_the_sysctl_fix(host, sysctl):
+    (Path(host.proc_sys) / "fs" / sysctl).write_text("0\n")
+    [check] = checks_named(host, "link protection")
+    assert not check.ok and check.detail.startswith(f"fs.{sysctl} is 0: ")
+    assert check.fix == (
+        f"sysctl -w fs.{sysctl}=1, and keep it across reboots: "
+        f"echo 'fs.{sysctl} = 1' >> /etc/sysctl.d/60-ds01.conf"
+    )
+
+
+def test_link_protection_on_passes(host):
+    [check] = checks_named(host, "link protection")
+    assert check.ok and check.detail == "fs.protected_hardlinks = 1 and fs.protected_symlinks = 1"
+
+
+def test_a_shared_prefix_is_a_warning_not_a_failure(host, capsys):
+    """`/data` for a group: a warning with the per-user form; the exit code stays 0."""
+    Path(host.policy).write_text("groups:\n  lab:\n    members: [a]\n    bind_mounts: [/data]\n")
+    [check] = checks_named(host, "bind prefixes")
+    assert not check.ok and check.warn
+    assert check.detail.startswith("groups.lab.bind_mounts: /data is not per-user: every user")
+    assert "read and write each other's files there wherever file permissions allow it" in (
+        check.detail
+    )
+    assert check.fix == "a per-user prefix is safer: /data/{user}, each folder owned by its user"
+    assert doctor([], host) == 0
+    out = capsys.readouterr().out
+    assert "warn  bind prefixes" in out and "1 warning found" in out and "FAIL" not in out
+
+
+def test_run_as_root_with_bind_mounts_is_a_warning(host):
+    """The pair is refused at create anyway; doctor says so (run_as read from the raw policy)."""
+    Path(host.policy).write_text(
+        "groups:\n  builders:\n    members: [b]\n    run_as: root\n    bind_mounts: ['/data/{user}']\n"
+    )
+    checks = checks_named(host, "bind prefixes")
+    assert [c.detail.split(":")[0] for c in checks] == ["groups.builders.run_as"]
+    assert checks[0].warn and "DS01 refuses such a create anyway" in checks[0].detail
+
+
+def test_host_hardening_is_not_checked_without_a_usable_policy(host):
+    Path(host.policy).write_text("defaults:\n  memory: lots\n")
+    for name in ("bind prefixes", "bind mount options"):
+        [check] = checks_named(host, name)
+        assert not check.ok and check.detail == "not checked: the policy is unusable"
