@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Any
 
+import yaml
+
 from policy.identity import Identity
 from policy.limits import BUILTIN_DEFAULTS, DURATION_KEYS, SIZE_KEYS, resolve
 from policy.loader import PolicyDocument, PolicyError, default_policy_text, parse_policy
@@ -81,13 +83,31 @@ def identity_for_name(name: str) -> Identity:
         return Identity(uid=None, user=name)
 
 
+def policy_warnings(text: str, doc: PolicyDocument) -> list[str]:
+    """``file:line key: problem. To fix: fix`` for each policy-only weakness (not an error)."""
+    from policy.host_checks import policy_findings
+    from policy.loader import _line_of  # the same file:line as errors; text is valid YAML here
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    out = []
+    for finding in policy_findings(doc.data):
+        line = _line_of(root, list(finding.path))
+        where = f"{doc.source}:{line}" if line else doc.source
+        out.append(f"{where} {finding.key}: {finding.problem}. To fix: {finding.fix}")
+    return out
+
+
 def cmd_policy_validate(args: argparse.Namespace) -> int:
     try:
         with open(args.file, encoding="utf-8") as f:
-            parse_policy(f.read(), args.file)
+            text = f.read()
     except OSError as exc:
         raise Failure(f"cannot read {args.file}: {exc.strerror}") from None
-    print(f"{args.file}: valid")
+    warnings = policy_warnings(text, parse_policy(text, args.file))
+    for warning in warnings:
+        print(f"ds01: warning: {warning}", file=sys.stderr)
+    note = f" ({len(warnings)} warning{'s' if len(warnings) != 1 else ''})" if warnings else ""
+    print(f"{args.file}: valid{note}")
     return 0
 
 

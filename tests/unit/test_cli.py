@@ -29,6 +29,34 @@ def test_validate_reports_file_line_key_and_reason(tmp_path, capsys):
     assert run(capsys, "policy", "validate", str(bad))[0] == 0
 
 
+def test_validate_warns_about_shared_bind_prefixes_and_exits_0(tmp_path, capsys):
+    """`/data` rather than `/data/{user}`: a warning with file:line and the per-user form."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "defaults:\n  max_cpus: 4\ngroups:\n  lab:\n    members: [a]\n"
+        "    bind_mounts: ['{home}', /data]\n"
+    )
+    code, out, err = run(capsys, "policy", "validate", str(policy))
+    assert code == 0 and out.strip() == f"{policy}: valid (1 warning)"
+    assert err.strip() == (
+        f"ds01: warning: {policy}:6 groups.lab.bind_mounts: /data is not per-user: every user "
+        "groups.lab gives it reaches the same folder, and their containers (which run as them) "
+        "read and write each other's files there wherever file permissions allow it. "
+        "To fix: a per-user prefix is safer: /data/{user}, each folder owned by its user"
+    )
+    policy.write_text("groups:\n  lab:\n    members: [a]\n    bind_mounts: ['/data/{user}']\n")
+    code, out, err = run(capsys, "policy", "validate", str(policy))
+    assert (code, out.strip(), err) == (0, f"{policy}: valid", "")
+
+
+def test_validate_errors_stay_errors_next_to_a_shared_prefix(tmp_path, capsys):
+    """An invalid policy exits 1 with its error, whatever it would have warned about."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("defaults:\n  bind_mounts: [/data]\n  memory: lots\n")
+    code, _, err = run(capsys, "policy", "validate", str(policy))
+    assert code == 1 and "defaults.memory" in err and "warning" not in err
+
+
 def test_validate_missing_file_is_a_failure_with_a_fix(capsys):
     """A missing file is exit 1 and says so."""
     code, _, err = run(capsys, "policy", "validate", "/nonexistent/policy.yaml")
