@@ -1,5 +1,11 @@
 """Creates waiting for a GPU: served by priority, then by how long they have waited.
 
+Fairness: a waiting request holds back only free devices it can actually use next, i.e. when
+they are enough for it now, or enough together with the devices of one other user's
+allocation (the very next release). Otherwise it holds back nothing and requests behind it
+that fit are served. So a large request cannot keep devices idle for everyone behind it, and
+nobody can keep devices idle by waiting on their own allocations.
+
 Pure: the daemon keeps a future per ticket and resolves it with what ``next_eligible`` says.
 """
 
@@ -12,7 +18,9 @@ from typing import TYPE_CHECKING
 
 from policy.units import UnitError, parse_duration
 
-from .plan import eligible
+from .inventory import Device
+from .placement import pick
+from .plan import eligible, permitted_kinds, pool
 from .quota import Quota
 from .refusal import Refusal
 from .request import GpuRequest
@@ -20,7 +28,7 @@ from .request import GpuRequest
 if TYPE_CHECKING:
     from policy.limits import Limits
 
-    from .ledger import Ledger, Reservation
+    from .ledger import Allocation, Ledger, Reservation
 
 
 @dataclass(frozen=True)
@@ -49,8 +57,8 @@ class Dispatch:
 class WaitQueue:
     """Waiting tickets; the order is priority (high first), then enqueue time, then arrival.
 
-    While tickets wait, a new create must not overtake them: the daemon enqueues it too and
-    calls ``next_eligible``, which serves it at once if its turn and the devices allow.
+    While tickets wait, a new create must not overtake them: the daemon keeps it off the
+    devices ``held_back`` says are promised to tickets ahead of it.
     """
 
     def __init__(self) -> None:
@@ -96,9 +104,10 @@ class WaitQueue:
     def next_eligible(self, ledger: Ledger, now: float) -> Dispatch:
         """Give free devices to waiting tickets, in queue order.
 
-        A ticket that still cannot be served keeps the free devices it could use from the
-        tickets behind it, so a big request is not starved by a stream of small ones.
-        Tickets refused for a reason waiting cannot fix (a quota) leave the queue.
+        A ticket that still cannot be served keeps from the tickets behind it only the free
+        devices it can use next (see ``holds_for``), so a big request is not starved by a
+        stream of small ones and cannot starve them either. Tickets refused for a reason
+        waiting cannot fix (a quota) leave the queue.
         """
         granted: list[tuple[Ticket, Reservation]] = []
         refused: list[tuple[Ticket, Refusal]] = []
@@ -117,20 +126,72 @@ class WaitQueue:
                 granted.append((ticket, result))
                 del self._tickets[ticket.id]
             elif result.waitable:
-                kept |= _keep_for(ticket, ledger, kept)
+                kept |= holds_for(ticket, ledger, kept)
             else:
                 refused.append((ticket, result))
                 del self._tickets[ticket.id]
         return Dispatch(tuple(granted), tuple(refused))
 
+    def held_back(self, ledger: Ledger, priority: int) -> set[str]:
+        """Free devices promised to tickets a new create of ``priority`` must not overtake.
 
-def _keep_for(ticket: Ticket, ledger: Ledger, kept: Collection[str]) -> set[str]:
+        A new create comes after every ticket of its priority or higher.
+        """
+        kept: set[str] = set()
+        for ticket in self.tickets():
+            if ticket.priority >= priority:
+                kept |= holds_for(ticket, ledger, kept)
+        return kept
+
+    def waiting_for(self, user: str) -> Ticket | None:
+        """``user``'s waiting ticket, if any (one per user: waiting is not a way to hold)."""
+        return next((t for t in self.tickets() if t.user == user), None)
+
+
+def holds_for(ticket: Ticket, ledger: Ledger, kept: Collection[str]) -> set[str]:
+    """The free devices (not already ``kept``) a waiting ticket holds back from those behind.
+
+    Only what it can use next: free devices of one kind that suffice now, or that suffice
+    together with the devices one allocation of another user will free on release. Else
+    nothing: its owner's own allocations never count, and neither do creates in flight.
+    """
     quota = Quota.from_limits(ticket.limits)
-    return {
-        d.uuid
-        for d in eligible(ticket.request, quota, ledger.inventory)
-        if ledger.holder_of(d.uuid) is None and d.uuid not in kept
-    }
+    request = ticket.request
+    for group, need in _groups(ticket, quota, ledger):
+        free = [d for d in group if ledger.holder_of(d.uuid) is None and d.uuid not in kept]
+        if len(free) >= need:
+            busy = {*kept, *ledger.busy()}
+            return {d.uuid for d in pick(free, need, ledger.inventory, busy)}
+        wanted = {d.uuid for d in group} - {d.uuid for d in free}
+        if any(
+            _frees_enough(a, ticket.user, wanted, need - len(free), request.explicit)
+            for a in ledger.allocations()
+        ):
+            return {d.uuid for d in free}
+    return set()
+
+
+def _groups(ticket: Ticket, quota: Quota, ledger: Ledger) -> list[tuple[list[Device], int]]:
+    """The device sets a ticket can be placed on, each with how many of it it needs."""
+    request = ticket.request
+    if request.explicit:
+        named = list(dict.fromkeys(eligible(request, quota, ledger.inventory)))
+        return [(named, len(named))] if named else []
+    need = request.count or 1  # ``--gpus all`` is served with whatever the quota allows
+    return [
+        (pool(kind, request, quota, ledger.inventory), need)
+        for kind in permitted_kinds(request, quota)
+    ]
+
+
+def _frees_enough(
+    alloc: Allocation, user: str, wanted: set[str], missing: int, every: bool
+) -> bool:
+    """Whether releasing ``alloc`` alone gives ``missing`` more of the ``wanted`` devices."""
+    if alloc.user == user or alloc.container_id is None:
+        return False  # the waiter's own holdings, or a create in flight
+    got = wanted & set(alloc.devices)
+    return got == wanted if every else len(got) >= missing
 
 
 def wait_seconds(label: str | None, policy_wait: float | None) -> float | None:

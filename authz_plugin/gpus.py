@@ -83,9 +83,14 @@ class GpuBroker:
         body: dict[str, Any],
         now: float,
     ) -> Reservation | Decision:
-        """Devices for a create, waiting in the queue if the policy allows; else a denial."""
+        """Devices for a create, waiting in the queue if the policy allows; else a denial.
+
+        It does not overtake waiting requests of its priority or higher: the devices they can
+        use next are not its to take.
+        """
+        ahead = self.queue.held_back(self.ledger, int(limits.priority))
         result = self.ledger.reserve(
-            identity.user, identity.uid, limits.group, limits, request, now
+            identity.user, identity.uid, limits.group, limits, request, now, exclude=ahead
         )
         if isinstance(result, Reservation):
             self.on_change()
@@ -108,6 +113,16 @@ class GpuBroker:
                     "; " if note else ""
                 ) + f"add --label {LABEL_WAIT}=10m to wait in the queue"
             return refusal_decision(result, note)
+        waiting = self.queue.waiting_for(identity.user)
+        if waiting is not None:
+            return deny(
+                "already_waiting",
+                f"{result.reason}, and you already have a GPU request waiting in the queue "
+                f"(place {self.queue.position(waiting.id)}, for {waiting.request.describe()}); "
+                "one waiting request per user",
+                "wait for that one to be served or give up on it (Ctrl-C), then try again",
+                status=409,
+            )
         return await self._wait(identity, limits, request, now, wait)
 
     async def _wait(

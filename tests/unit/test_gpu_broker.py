@@ -281,3 +281,63 @@ async def test_an_inspect_failure_falls_back_to_a_rate_limited_reconcile():
         await watcher.handle(created(f"x{n}", {"ds01.user": "low", "ds01.devices": GPU2}))
     await watcher._reconcile_soon
     assert docker.lists == 1
+
+
+# ---------------------------------------------------------------- fair queueing (issue 11)
+
+
+async def test_a_second_waiting_request_of_one_user_is_refused():
+    """One waiting request per user: waiting is not a way to hold devices."""
+    b, _ = broker()
+    await take_both_whole_gpus(b, "low")
+    first = asyncio.create_task(b.reserve(who("mid"), b.table["mid"], GpuRequest(count=1), {}, NOW))  # type: ignore[attr-defined]
+    await asyncio.sleep(0.01)
+    assert len(b.queue) == 1
+    second = await b.reserve(who("mid"), b.table["mid"], GpuRequest(count=1), {}, NOW)  # type: ignore[attr-defined]
+    assert isinstance(second, Decision) and second.code == "already_waiting"
+    assert second.status == 409
+    assert "you already have a GPU request waiting in the queue (place 1, for 1 GPU)" in (
+        second.reason
+    )
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    assert len(b.queue) == 0  # a waiter whose client left is dropped
+
+
+async def test_a_new_create_does_not_take_what_a_waiter_can_use_next():
+    """A device promised to the head of the queue is not given to a newcomer of its priority,
+    but a newcomer may take a device the waiter could not use on the next release."""
+    b, _ = broker()
+    b.table["big"] = limits("big", priority=30, gpu_wait=30, **RESEARCHER)  # type: ignore[attr-defined]
+    holders = await take_both_whole_gpus(b, "low")
+    waiter = asyncio.create_task(
+        b.reserve(who("big"), b.table["big"], GpuRequest(count=2), {}, NOW)
+    )  # type: ignore[attr-defined]
+    await asyncio.sleep(0.01)
+    b.container_destroyed(holders[0])  # GPU2 free; big needs GPU3 too: one release away
+    assert b.ledger.holder_of(GPU2) is None and len(b.queue) == 1
+    newcomer = await b.reserve(
+        who("mid"), b.table["mid"], GpuRequest(count=1), {"Labels": {"ds01.wait": "0"}}, NOW
+    )  # type: ignore[attr-defined]
+    assert isinstance(newcomer, Decision) and newcomer.code == "no_capacity"
+    b.container_destroyed(holders[1])
+    granted = await asyncio.wait_for(waiter, 1)
+    assert isinstance(granted, Reservation) and len(granted.devices) == 2
+
+
+async def test_a_waiter_on_its_own_allocation_holds_nothing_back():
+    """Waiting for one's own container to let go does not keep a free GPU idle."""
+    b, _ = broker()
+    b.table["big"] = limits("big", priority=30, gpu_wait=30, **{**RESEARCHER, "max_gpus": 3})  # type: ignore[attr-defined]
+    mine = await b.reserve(who("big"), b.table["big"], GpuRequest(count=1), {}, NOW)  # type: ignore[attr-defined]
+    assert isinstance(mine, Reservation)
+    b.bind(mine, "big-c")
+    waiter = asyncio.create_task(
+        b.reserve(who("big"), b.table["big"], GpuRequest(count=2), {}, NOW)
+    )  # type: ignore[attr-defined]
+    await asyncio.sleep(0.01)
+    assert len(b.queue) == 1
+    newcomer = await b.reserve(who("mid"), b.table["mid"], GpuRequest(count=1), {}, NOW)  # type: ignore[attr-defined]
+    assert isinstance(newcomer, Reservation) and newcomer.device_ids == (GPU3,)
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)

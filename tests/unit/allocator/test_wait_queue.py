@@ -3,7 +3,19 @@
 from __future__ import annotations
 
 import pytest
-from alloc_helpers import GPU2, GPU3, NOW, example_inventory, limits, researcher
+from alloc_helpers import (
+    G0,
+    G1_1G,
+    G1_2G,
+    G1_3G,
+    GPU2,
+    GPU3,
+    NOW,
+    container,
+    example_inventory,
+    limits,
+    researcher,
+)
 
 from allocator.ledger import Ledger, Reservation
 from allocator.queue import Ticket, WaitQueue, wait_seconds
@@ -119,3 +131,130 @@ def test_bad_wait_label() -> None:
     """A ds01.wait label that is not a duration is an error the gateway turns into a denial."""
     with pytest.raises(UnitError):
         wait_seconds("soon", 900.0)
+
+
+# ---------------------------------------------------------------- fairness (issue 11)
+
+MIG3 = dict(max_gpus=0, allow_full_gpu=False, max_mig_instances=3, max_gpus_per_container=3)
+EVERY_MIG = [*G0, G1_3G, G1_2G, *G1_1G]
+
+
+def held_by(*holdings: tuple[str, str, list[str]]) -> Ledger:
+    """A ledger whose containers (id, user, devices) are running on their devices."""
+    ledger = Ledger(example_inventory())
+    ledger.rebuild([container(cid, user, devs) for cid, user, devs in holdings], NOW)
+    ledger.check_invariants()
+    return ledger
+
+
+def explicit(tid: str, priority: int, at: float, *devices: str, **values) -> Ticket:
+    lim = limits(tid, priority=priority, **{**WHOLE, **MIG3, "allow_full_gpu": True, **values})
+    return Ticket(tid, tid, 1000, "g", priority, GpuRequest(device_ids=devices), lim, at)
+
+
+def mig(tid: str, priority: int, at: float, count: int) -> Ticket:
+    lim = limits(tid, priority=priority, **MIG3)
+    return Ticket(tid, tid, 1000, "g", priority, GpuRequest(count=count), lim, at)
+
+
+@pytest.mark.parametrize(
+    ("ledger", "tickets", "served", "kept_free"),
+    [
+        pytest.param(
+            held_by(("c3", "x", [GPU3])),
+            [ticket("big", 5, NOW, count=2), ticket("small", 1, NOW + 1)],
+            [],
+            {GPU2},
+            id="big-placed-on-the-next-release-holds-the-free-gpu",
+        ),
+        pytest.param(
+            held_by(("c3", "big", [GPU3])),
+            [ticket("big", 5, NOW, count=2, max_gpus=3), ticket("small", 1, NOW + 1)],
+            ["small"],
+            set(),
+            id="waiting-on-its-own-allocation-holds-nothing",
+        ),
+        pytest.param(
+            held_by(("c1", "x", [G0[1]]), ("c2", "y", [G0[2]])),
+            [
+                explicit("big", 5, NOW, G0[0], G0[1], G0[2]),
+                explicit("small", 1, NOW + 1, G0[0]),
+            ],
+            ["small"],
+            set(),
+            id="explicit-devices-needing-two-releases-hold-nothing",
+        ),
+        pytest.param(
+            held_by(("c1", "x", [G0[1], G0[2]])),
+            [
+                explicit("big", 5, NOW, G0[0], G0[1], G0[2]),
+                explicit("small", 1, NOW + 1, G0[0]),
+            ],
+            [],
+            {G0[0]},
+            id="explicit-devices-freed-by-one-release-are-held",
+        ),
+        pytest.param(
+            held_by(*((f"c{i}", f"u{i}", [d]) for i, d in enumerate(EVERY_MIG[1:]))),
+            [mig("big", 5, NOW, 3), mig("small", 1, NOW + 1, 1)],
+            ["small"],
+            set(),
+            id="mig-count-needing-two-releases-holds-nothing",
+        ),
+        pytest.param(
+            held_by(("c1", "x", EVERY_MIG[1:3]), ("c2", "y", EVERY_MIG[3:])),
+            [mig("big", 5, NOW, 3), mig("small", 1, NOW + 1, 1)],
+            [],
+            {EVERY_MIG[0]},
+            id="mig-count-freed-by-one-release-holds-the-free-one",
+        ),
+        pytest.param(
+            held_by(("c3", "x", [GPU3])),
+            [ticket("small", 5, NOW), ticket("big", 1, NOW + 1, count=2)],
+            ["small"],
+            set(),
+            id="fits-now-is-served-first",
+        ),
+        pytest.param(
+            held_by(*((f"c{i}", f"u{i}", [d]) for i, d in enumerate(EVERY_MIG[1:]))),
+            [mig("big", 5, NOW, 3), mig("next", 3, NOW, 1), mig("last", 1, NOW, 1)],
+            ["next"],
+            set(),
+            id="only-the-first-that-fits-gets-the-free-device",
+        ),
+    ],
+)
+def test_fair_queueing(ledger, tickets, served, kept_free) -> None:
+    """A waiter holds back only what it can use now or after one release by someone else."""
+    queue = WaitQueue()
+    for t in tickets:
+        queue.enqueue(t)
+    dispatch = queue.next_eligible(ledger, NOW + 10)
+    assert [t.id for t, _ in dispatch.granted] == served
+    assert queue.held_back(ledger, priority=0) == kept_free
+    ledger.check_invariants()
+
+
+def test_new_creates_do_not_overtake_but_higher_priority_does() -> None:
+    """``held_back`` is what a new create of a priority may not take."""
+    ledger = held_by(("c3", "x", [GPU3]))
+    queue = WaitQueue()
+    queue.enqueue(ticket("big", 5, NOW, count=2))
+    assert queue.held_back(ledger, priority=5) == {GPU2}
+    assert queue.held_back(ledger, priority=6) == set()
+
+
+def test_a_create_in_flight_is_not_a_release() -> None:
+    """A reservation will become a container, not free devices: nothing is held for it."""
+    ledger = Ledger(example_inventory())
+    res = ledger.reserve("x", 1, "g", researcher("x"), GpuRequest(device_ids=(GPU3,)), NOW)
+    assert isinstance(res, Reservation)
+    queue = WaitQueue()
+    queue.enqueue(ticket("big", 5, NOW, count=2))
+    assert queue.held_back(ledger, priority=0) == set()
+
+
+def test_one_waiting_ticket_per_user_is_found() -> None:
+    queue = WaitQueue()
+    queue.enqueue(ticket("a", 1, NOW))
+    assert queue.waiting_for("a").id == "a" and queue.waiting_for("b") is None
