@@ -38,6 +38,26 @@ def soft_nofile() -> int:
     return _NOFILE_FALLBACK if soft == resource.RLIM_INFINITY else int(soft)
 
 
+def raise_nofile() -> tuple[int, int, int]:
+    """Raise the soft open-file limit to the hard one: (soft before, soft now, hard).
+
+    systemd's LimitNOFILE= sets both; a shell's default soft limit (often 1024) would
+    otherwise cap the gateway far below what the host allows ds01d.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if target == resource.RLIM_INFINITY:  # Linux refuses an unlimited NOFILE; keep a number
+        target = max(soft, _NOFILE_FALLBACK) if soft != resource.RLIM_INFINITY else soft
+    if soft != resource.RLIM_INFINITY and target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError):
+            target = soft
+    else:
+        target = soft
+    return int(soft), int(target), int(hard)
+
+
 def connections_for(nofile: int, reserve: int = FD_RESERVE) -> int:
     """The global gateway connection cap for an open-file limit.
 
@@ -179,5 +199,6 @@ __all__ = [
     "GatewayLimits",
     "Refusal",
     "connections_for",
+    "raise_nofile",
     "soft_nofile",
 ]

@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import secrets
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -328,3 +331,44 @@ async def test_hijacked_stream_with_quiet_stdin_is_not_cut(rig):
     status, _, _ = await asyncio.wait_for(read_head(reader), 3)
     assert status == 101
     assert await asyncio.wait_for(read_until_eof(reader), 5) == b"out0;out1;out2;out3;"
+
+
+# -- ds01d's side: flags and the open-file limit ----------------------------------------------
+
+
+def test_ds01d_flags_set_the_gateway_limits():
+    from authz_plugin.daemon import build_parser, gateway_limits
+
+    args = build_parser().parse_args([])
+    assert gateway_limits(args) == GatewayLimits()
+    assert GatewayLimits() == GatewayLimits(
+        per_uid=64, root=512, total=None, fd_reserve=256, head_timeout=10.0,
+        idle_timeout=120.0, body_stall=30.0, body_bytes_per_uid=16 * 2**20,
+    )  # fmt: skip
+    args = build_parser().parse_args(
+        ["--gateway-max-per-user", "8", "--gateway-max-connections", "100",
+         "--gateway-head-timeout", "2.5", "--gateway-idle-timeout", "60",
+         "--gateway-body-timeout", "5", "--gateway-body-budget", "1000",
+         "--gateway-max-root", "9", "--gateway-fd-reserve", "300"]
+    )  # fmt: skip
+    assert gateway_limits(args) == GatewayLimits(8, 9, 100, 300, 2.5, 60.0, 5.0, 1000)
+
+
+def test_soft_open_file_limit_is_raised_to_the_hard_one():
+    """A ds01d started with soft 512 / hard 4096 runs with 4096 and a cap of (4096-256)/2."""
+    code = (
+        "from authz_plugin.gateway.limits import *; "
+        "print(raise_nofile(), soft_nofile(), GatewayLimits().total_connections())"
+    )
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (512, 4096))
+
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        preexec_fn=low_soft_limit,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.split() == ["(512,", "4096,", "4096)", "4096", "1920"]
