@@ -507,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cgroup-driver", choices=["cgroupfs", "systemd"])
     parser.add_argument("--daemon-json", default=Host.daemon_json)
     parser.add_argument("--plugin-name", default=Host.plugin_name)
+    parser.add_argument("--home-root", default=Host.home_root, help="where {home} lies")
+    parser.add_argument("--mountinfo", default=Host.mountinfo, help="the host's mount table")
+    parser.add_argument("--proc-sys", default=Host.proc_sys, help="where fs.* sysctls are read")
     parser.add_argument("--json", action="store_true", help="one JSON object per check")
     return parser
 
@@ -528,6 +531,9 @@ def host_from_args(args: argparse.Namespace) -> Host:
         plugin_name=args.plugin_name,
         cgroup_driver=pick("--cgroup-driver", None),
         inventory=pick("--inventory", Host.inventory),
+        mountinfo=args.mountinfo,
+        proc_sys=args.proc_sys,
+        home_root=args.home_root,
     )
 
 

@@ -487,3 +487,12 @@ def test_host_hardening_is_not_checked_without_a_usable_policy(host):
     for name in ("bind prefixes", "bind mount options"):
         [check] = checks_named(host, name)
         assert not check.ok and check.detail == "not checked: the policy is unusable"
+
+
+def test_the_host_tables_can_be_given(tmp_path):
+    """--mountinfo, --proc-sys and --home-root point the hardening checks at recorded tables."""
+    args = ["--unit", "/nonexistent", "--mountinfo", "/m", "--proc-sys", "/s", "--home-root", "/h"]
+    h = host_from_args(build_parser().parse_args(args))
+    assert (h.mountinfo, h.proc_sys, h.home_root) == ("/m", "/s", "/h")
+    h = host_from_args(build_parser().parse_args(["--unit", "/nonexistent"]))
+    assert (h.mountinfo, h.proc_sys, h.home_root) == ("/proc/self/mountinfo", "/proc/sys", "/home")
