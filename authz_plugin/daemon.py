@@ -30,6 +30,7 @@ from .cgroups import CgroupfsManager, SystemdSliceManager, UserCgroups
 from .dcgm_mapping import JobMappingDir
 from .docker_client import DockerClient, socket_path
 from .events import EventWatcher
+from .gateway import limits as gl
 from .gpus import GpuBroker
 from .identities import identity_for_uid
 from .lifecycle import Lifecycle
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--docker-host", default="unix:///run/ds01/dockerd.sock", help="the real dockerd"
     )
+    _gateway_limit_flags(p)
     p.add_argument("--state-dir", default="/var/lib/ds01", help="audit log, job mapping, state")
     p.add_argument("--inventory", default="auto", help="GPU inventory: FILE, auto (NVML) or none")
     p.add_argument("--metrics-address", help="serve Prometheus /metrics on HOST:PORT")
@@ -71,6 +73,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="lifecycle: report, stop nothing")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
+
+
+def _gateway_limit_flags(p: argparse.ArgumentParser) -> None:
+    """What one gateway client may hold (README: "What one user cannot exhaust")."""
+    g = p.add_argument_group("gateway limits")
+    g.add_argument(
+        "--gateway-max-per-user",
+        type=int,
+        default=gl.PER_UID_CONNECTIONS,
+        help="open gateway connections per uid (default %(default)s)",
+    )
+    g.add_argument(
+        "--gateway-max-root",
+        type=int,
+        default=gl.ROOT_CONNECTIONS,
+        help="open gateway connections for uid 0 (default %(default)s)",
+    )
+    g.add_argument(
+        "--gateway-max-connections",
+        type=int,
+        help="gateway connections in all (default: (open-file limit - reserve) / 2)",
+    )
+    g.add_argument(
+        "--gateway-fd-reserve",
+        type=int,
+        default=gl.FD_RESERVE,
+        help="file descriptors kept free for the plugin and ds01d's own work (%(default)s)",
+    )
+    g.add_argument(
+        "--gateway-head-timeout",
+        type=float,
+        default=gl.HEAD_TIMEOUT_S,
+        help="seconds to send a whole request head (default %(default)s)",
+    )
+    g.add_argument(
+        "--gateway-idle-timeout",
+        type=float,
+        default=gl.IDLE_TIMEOUT_S,
+        help="seconds a keep-alive connection may wait between requests (%(default)s)",
+    )
+    g.add_argument(
+        "--gateway-body-timeout",
+        type=float,
+        default=gl.BODY_STALL_S,
+        help="seconds a request body may pause before it is aborted (%(default)s)",
+    )
+    g.add_argument(
+        "--gateway-body-budget",
+        type=int,
+        default=gl.BODY_BYTES_PER_UID,
+        help="bytes of unfinished buffered request bodies per uid (default %(default)s)",
+    )
+
+
+def gateway_limits(args: argparse.Namespace) -> gl.GatewayLimits:
+    """The gateway's limits from ds01d's flags."""
+    return gl.GatewayLimits(
+        per_uid=args.gateway_max_per_user,
+        root=args.gateway_max_root,
+        total=args.gateway_max_connections,
+        fd_reserve=args.gateway_fd_reserve,
+        head_timeout=args.gateway_head_timeout,
+        idle_timeout=args.gateway_idle_timeout,
+        body_stall=args.gateway_body_timeout,
+        body_bytes_per_uid=args.gateway_body_budget,
+    )
 
 
 async def serve_unix(app: web.Application, path: str, mode: int = 0o660) -> web.AppRunner:
@@ -211,10 +279,22 @@ class Daemon:
             from .gateway.proxy import Gateway
 
             handler = GatewayHandler(self.service, lifecycle=self.lifecycle)
-            self.gateway = Gateway(handler, socket_path(self.args.docker_host))
+            self.gateway = Gateway(
+                handler, socket_path(self.args.docker_host), limits=gateway_limits(self.args)
+            )
             await self.gateway.start(self.args.gateway_socket, mode=int(self.args.gateway_mode, 8))
+            limits = self.gateway.limits
             log.info(
-                "gateway listening on %s -> %s", self.args.gateway_socket, self.args.docker_host
+                "gateway listening on %s -> %s; at most %d connections in all, %d per user "
+                "(root %d); head %gs, idle %gs, body pause %gs",
+                self.args.gateway_socket,
+                self.args.docker_host,
+                self.gateway.admission.total,
+                limits.per_uid,
+                limits.root,
+                limits.head_timeout,
+                limits.idle_timeout,
+                limits.body_stall,
             )
         if self.args.metrics_address:
             self.runners.append(await serve_metrics(self.metrics, self.args.metrics_address))
@@ -274,11 +354,20 @@ def _run_event_loop(main_coro: Coroutine[Any, Any, _T]) -> _T:
     return uvloop.run(main_coro)
 
 
+def _raise_open_file_limit() -> None:
+    before, now, hard = gl.raise_nofile()
+    if now != before:
+        log.info("open-file limit raised from %d to %d (the hard limit)", before, now)
+    else:
+        log.info("open-file limit %d (hard limit %d)", now, hard)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    _raise_open_file_limit()
     try:
         return _run_event_loop(run(args))
     except PolicyError as exc:
