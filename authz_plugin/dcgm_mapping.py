@@ -14,6 +14,7 @@ our ``.tmp`` files, are ignored, so writes are atomic (temp file + rename).
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
 import re
 import tempfile
@@ -25,7 +26,11 @@ DeviceKey = tuple[int, int | None]  # (GPU index, GPU-instance id or None for a 
 # The names dcgm-exporter reads; anything else in the directory is not ours to touch.
 MAPPING_NAME = re.compile(r"^\d+(\.\d+)?$")
 _TMP_PREFIX = ".ds01-"
-FILE_MODE = 0o644  # dcgm-exporter may run as another user
+# The files say who holds which GPU: readable only by root and the exporter's group.
+FILE_MODE = 0o640
+DIR_MODE = 0o750
+# The exporter's group (name or gid) when the caller names none; unset: root's group.
+GROUP_ENV = "DS01_JOB_MAPPING_GROUP"
 
 
 def file_name(key: DeviceKey) -> str:
@@ -58,8 +63,9 @@ def owner_line(owner: str) -> str:
 class JobMappingDir:
     """The mapping directory; ``update`` makes it say exactly who holds what."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], group: str | int | None = None) -> None:
         self.path = Path(path)
+        self.gid = resolve_group(group if group is not None else os.environ.get(GROUP_ENV))
 
     def update(self, assignments: Mapping[DeviceKey, str]) -> bool:
         """Make the directory match ``assignments`` ((gpu, gi|None) -> owner); True if changed.
@@ -68,7 +74,8 @@ class JobMappingDir:
         poller); files of devices no longer assigned are removed. An empty owner means free.
         Raises OSError if the directory cannot be written (the caller logs and retries).
         """
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        self._restrict(self.path, DIR_MODE)
         wanted = {file_name(k): owner_line(v) for k, v in assignments.items()}
         wanted = {name: line for name, line in wanted.items() if line}
         changed = False
@@ -77,6 +84,7 @@ class JobMappingDir:
             target = self.path / name
             try:
                 if target.read_text() == content:
+                    self._restrict(target, FILE_MODE)
                     continue
             except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError):
                 pass
@@ -111,9 +119,30 @@ class JobMappingDir:
         try:
             with os.fdopen(fd, "w") as handle:
                 handle.write(content)
-            os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600; the exporter must read it
+            # mkstemp makes 0600; the exporter's group must read it, nobody else
+            self._restrict(Path(tmp), FILE_MODE)
             os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+    def _restrict(self, path: Path, mode: int) -> None:
+        """``mode`` and the exporter's group on ``path`` (files an older ds01d made 0644 too)."""
+        info = path.stat()
+        if info.st_gid != self.gid and os.geteuid() == 0:
+            os.chown(path, -1, self.gid)
+        if info.st_mode & 0o7777 != mode:
+            os.chmod(path, mode)
+
+
+def resolve_group(group: str | int | None) -> int:
+    """The gid of ``group`` (a name or a number); root's group when none is given."""
+    if group is None or group == "":
+        return 0
+    if isinstance(group, int) or str(group).isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(str(group)).gr_gid
+    except KeyError:
+        raise ValueError(f"no such group for the job-mapping files: {group}") from None

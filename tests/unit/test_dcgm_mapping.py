@@ -43,7 +43,27 @@ def test_allocation_writes_one_file_per_device_with_the_owner(tmp_path: Path) ->
     assert mapping.read() == {(0, None): ["rita/train"], (2, 1): ["alice/nb"], (2, 5): ["bob"]}
     for entry in (tmp_path / "jobs").iterdir():
         assert EXPORTER_NAME.match(entry.name)  # every file is one the exporter reads
-        assert stat.S_IMODE(entry.stat().st_mode) == 0o644  # and may read
+        assert stat.S_IMODE(entry.stat().st_mode) == 0o640  # root and the exporter's group
+    assert stat.S_IMODE((tmp_path / "jobs").stat().st_mode) == 0o750
+
+
+def test_mapping_files_are_not_world_readable_and_carry_the_exporter_group(
+    tmp_path: Path,
+) -> None:
+    """Who holds which GPU is for root and the exporter's group only; old 0644 files too."""
+    jobs = tmp_path / "jobs"
+    jobs.mkdir(mode=0o755)
+    (jobs / "0").write_text("rita\n")
+    os.chmod(jobs / "0", 0o644)
+    gid = os.getgid() if os.geteuid() != 0 else 4242
+    mapping = JobMappingDir(jobs, group=gid)
+    mapping.update({(0, None): "rita", (1, None): "alice"})
+    for path in (jobs / "0", jobs / "1"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+        assert path.stat().st_gid == gid
+    assert stat.S_IMODE(jobs.stat().st_mode) == 0o750
+    assert jobs.stat().st_gid == gid
+    assert JobMappingDir(jobs).gid == 0  # no group named: root's
 
 
 def test_release_removes_the_file_and_keeps_the_others(tmp_path: Path) -> None:
