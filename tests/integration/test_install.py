@@ -423,6 +423,11 @@ def test_merged_daemon_json_runs_a_real_dockerd_behind_ds01d(tmp_path):
         info = json.loads(dockerd.docker("info", "--format", "{{json .}}", check=True).stdout)
         assert info["Plugins"]["Authorization"] == [plugin]
         assert info["CgroupDriver"] == "cgroupfs" and info["LoggingDriver"] == "json-file"
+        # This box's own mounts and sysctls are not the installer's to fix: recorded ones.
+        proc_sys = base / "proc-sys"
+        (proc_sys / "fs").mkdir(parents=True)
+        for name in ("protected_hardlinks", "protected_symlinks"):
+            (proc_sys / "fs" / name).write_text("1\n")
         doctor = subprocess.run(
             [
                 sys.executable,
@@ -431,6 +436,10 @@ def test_merged_daemon_json_runs_a_real_dockerd_behind_ds01d(tmp_path):
                 "doctor",
                 "--unit",
                 "/nonexistent",
+                "--mountinfo",
+                str(REPO / "tests/fixtures/host/mountinfo-hardened.txt"),
+                "--proc-sys",
+                str(proc_sys),
                 "--daemon-json",
                 str(dockerd.merged_config),
                 "--gateway-socket",
