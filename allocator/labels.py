@@ -21,6 +21,18 @@ LABEL_WAIT = "ds01.wait"  # set by the user: how long a create may wait for a GP
 LABEL_PREFIX = "ds01."
 # Every other ``ds01.*`` label is written by DS01 only; the gateway drops user-set copies.
 USER_SETTABLE_LABELS = frozenset({LABEL_WAIT})
+# What DS01 writes on every container it creates, empty when it has no value: an image's own
+# ``LABEL ds01.devices=...`` would otherwise show through on the container (dockerd merges the
+# image's labels under the create's).
+DS01_WRITTEN_LABELS = (
+    LABEL_USER,
+    LABEL_UID,
+    LABEL_GROUP,
+    LABEL_DEVICES,
+    LABEL_GPUEQ,
+    LABEL_ALLOCATED_AT,
+    LABEL_WAIT,
+)
 
 
 def format_devices(uuids: Iterable[str]) -> str:

@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from allocator.labels import (
+    DS01_WRITTEN_LABELS,
     LABEL_ALLOCATED_AT,
     LABEL_DEVICES,
     LABEL_GPUEQ,
@@ -28,13 +29,13 @@ from allocator.request import GpuRequestError, parse_gpu_request
 from .decision import Decision, Denied, allow, deny, not_found
 from .identity import Identity
 from .limits import Limits
-from .mounts import bind_problem
+from .mounts import check_bind_options, host_bind_sources, pin_bind
+from .ports import check_ports
+from .resources import apply_resources
+from .run_as import checked_group_add, checked_user, runs_as_user, with_no_new_privileges
 from .slices import cgroup_parent
 from .state import State
 from .strict_json import CONTAINER_CREATE
-from .units import format_size
-
-NANO = 1_000_000_000
 
 # Host features a user gets only when the policy grants them (`allow:`), with the CLI flag
 # the user typed, so the message speaks their language.
@@ -53,7 +54,7 @@ _NON_ISOLATING_MODES = {"host"}
 
 
 def who(limits: Limits) -> str:
-    return f"group {limits.group}" if limits.group != "default" else f"user {limits.user}"
+    return limits.who()
 
 
 def refuse(code: str, reason: str, fix: str) -> Denied:
@@ -77,7 +78,10 @@ def decide_create(
         _check_host_config(host, identity, limits, state)
         _check_references(body, host, identity, state)
         _check_gpu_container(host, gpu_request)
-        _apply_resources(host, limits, changes, state.host_cpus)
+        _check_restart_with_binds(host)
+        check_ports(host, limits, changes)
+        _apply_run_as(body, host, identity, limits, changes)
+        apply_resources(host, limits, changes, state.host_cpus)
         if limits.max_containers is not None and state.user_containers >= limits.max_containers:
             raise refuse(
                 "max_containers",
@@ -127,6 +131,8 @@ def _pin_owner(
     if spoofed:
         changes.append("removed labels " + ", ".join(spoofed))
     labels = {k: v for k, v in labels.items() if not _reserved_label(k)}
+    for key in DS01_WRITTEN_LABELS:  # explicit, so an image's ds01.* labels never show through
+        labels.setdefault(key, "")
     labels[LABEL_USER] = identity.user
     labels[LABEL_UID] = "" if identity.uid is None else str(identity.uid)
     labels[LABEL_GROUP] = limits.group
@@ -236,31 +242,43 @@ def _check_host_config(
         )
     if (host.get("VolumeDriver") or "") not in ("", "local"):
         raise refuse("volume_driver", "--volume-driver is not allowed", "drop --volume-driver")
-    for bind in host.get("Binds") or []:
-        _check_bind_string(bind, identity, limits, state)
+    if host_bind_sources(host) and not runs_as_user(identity, limits):
+        raise refuse(
+            "run_as_root_binds",
+            f"containers of {group} run as root (run_as: root), so they may not mount host "
+            "folders: root in the container would be root on those files",
+            "use a named volume (-v NAME:/path), or ask an admin for run_as: user",
+        )
+    if host.get("Binds"):
+        host["Binds"] = [_pinned_bind(b, identity, limits, state) for b in host["Binds"]]
     for mount in host.get("Mounts") or []:
         _check_mount(mount or {}, identity, limits, state)
 
 
-def _check_bind_string(bind: str, identity: Identity, limits: Limits, state: State) -> None:
-    source = bind.split(":", 1)[0]
+def _pinned_bind(bind: str, identity: Identity, limits: Limits, state: State) -> str:
+    """A ``Binds`` entry checked, with a host source pinned to its resolved path."""
+    source, _, rest = bind.partition(":")
     if source.startswith("/"):
-        problem = bind_problem(source, identity, limits, state)
-        if problem:
-            raise refuse("bind_mount", problem, "mount a folder under your home directory instead")
-    elif ":" not in bind:
-        return  # an anonymous volume ("/data" alone is parsed above; a bare name is a target)
-    else:
+        _, _, options = rest.partition(":")
+        check_bind_options(options.split(",") if options else [], limits)
+        resolved = pin_bind(source, identity, limits, state)
+        return f"{resolved}:{rest}" if rest else resolved
+    if rest:
         _check_volume_name(source, identity, state)
+    return bind  # a named volume, or an anonymous one ("/data" alone is parsed above)
 
 
 def _check_mount(mount: dict[str, Any], identity: Identity, limits: Limits, state: State) -> None:
     kind = mount.get("Type") or ""
     source = mount.get("Source") or ""
     if kind == "bind":
-        problem = bind_problem(source, identity, limits, state)
-        if problem:
-            raise refuse("bind_mount", problem, "mount a folder under your home directory instead")
+        if (mount.get("BindOptions") or {}).get("CreateMountpoint"):
+            raise refuse(
+                "bind_missing",
+                "bind-create-src would let dockerd create the host folder as root",
+                f"create it first: mkdir -p {source}",
+            )
+        mount["Source"] = pin_bind(source, identity, limits, state)
     elif kind == "volume":
         driver = (mount.get("VolumeOptions") or {}).get("DriverConfig") or {}
         _check_volume_driver(driver.get("Name") or "", driver.get("Options") or {})
@@ -337,6 +355,35 @@ def referenced_volumes(body: dict[str, Any]) -> list[str]:
     return names
 
 
+def _check_restart_with_binds(host: dict[str, Any]) -> None:
+    # dockerd restarts such a container by itself, never asking DS01, so its bind sources
+    # would be resolved again unchecked.
+    restart = (host.get("RestartPolicy") or {}).get("Name") or "no"
+    if restart not in ("", "no") and host_bind_sources(host):
+        raise refuse(
+            "restart_with_binds",
+            f"--restart {restart} is not allowed on containers that mount host folders: dockerd "
+            "would restart it without DS01 re-checking those folders",
+            "drop --restart, or use a named volume instead of the host folder",
+        )
+
+
+def _apply_run_as(
+    body: dict[str, Any],
+    host: dict[str, Any],
+    identity: Identity,
+    limits: Limits,
+    changes: list[str],
+) -> None:
+    if not runs_as_user(identity, limits):
+        return
+    requested = body.get("User") or ""
+    body["User"] = checked_user(requested, identity, limits, "docker run")
+    host["GroupAdd"] = checked_group_add(host.get("GroupAdd"), identity, limits) or None
+    host["SecurityOpt"] = with_no_new_privileges(host.get("SecurityOpt"))
+    changes.append(f"User={body['User']} (run_as: user), no-new-privileges")
+
+
 def _check_gpu_container(host: dict[str, Any], gpu_request: Any) -> None:
     restart = (host.get("RestartPolicy") or {}).get("Name") or "no"
     if gpu_request is not None and restart not in ("", "no"):
@@ -346,65 +393,6 @@ def _check_gpu_container(host: dict[str, Any], gpu_request: Any) -> None:
             "without asking DS01 for its GPU",
             "drop --restart (DS01 keeps your GPU for the hold time after a stop)",
         )
-
-
-def _apply_resources(
-    host: dict[str, Any], limits: Limits, changes: list[str], host_cpus: int | None = None
-) -> None:
-    group = who(limits)
-    _cap_int(host, "Memory", limits.memory, "--memory", group, changes, format_size)
-    if limits.memory is not None:
-        swap = host.get("MemorySwap") or 0
-        if swap not in (0, host["Memory"]):
-            raise refuse(
-                "memory_swap",
-                "--memory-swap is not allowed: containers get no swap beyond --memory",
-                "drop --memory-swap",
-            )
-        host["MemorySwap"] = host["Memory"]
-    _cap_int(host, "ShmSize", limits.shm_size, "--shm-size", group, changes, format_size)
-    _cap_int(host, "PidsLimit", limits.pids_limit, "--pids-limit", group, changes, str)
-    # One container can never use more than the user's whole aggregate (v1 refuses it).
-    caps = [c for c in (limits.max_cpus, limits.agg("cpus")) if c is not None]
-    _cap_cpus(host, min(caps) if caps else None, group, changes, host_cpus)
-
-
-def _cap_int(host, key, cap, flag, group, changes, fmt) -> None:
-    if cap is None:
-        return
-    value = host.get(key) or 0
-    if value <= 0:  # unset, or "unlimited" (-1): apply the policy's value
-        host[key] = cap
-        changes.append(f"{key}={cap}")
-    elif value > cap:
-        raise refuse(
-            key.lower(),
-            f"{flag} {fmt(value)} is over the per-container limit of {fmt(cap)} for {group}",
-            f"ask for at most {flag} {fmt(cap)}",
-        )
-
-
-def _cap_cpus(
-    host: dict[str, Any],
-    max_cpus: float | None,
-    group: str,
-    changes: list[str],
-    host_cpus: int | None = None,
-) -> None:
-    if max_cpus is None:
-        return
-    nano = host.get("NanoCpus") or 0
-    quota, period = host.get("CpuQuota") or 0, host.get("CpuPeriod") or 0
-    asked = nano / NANO if nano > 0 else (quota / (period or 100_000) if quota > 0 else None)
-    if asked is not None and asked > max_cpus + 1e-9:
-        raise refuse(
-            "max_cpus",
-            f"--cpus {asked:g} is over the per-container limit of {max_cpus:g} CPUs for {group}",
-            f"ask for at most --cpus {max_cpus:g}",
-        )
-    if asked is None:  # the default: the cap, or the whole host if it is smaller
-        host["NanoCpus"] = int(min(max_cpus, host_cpus or max_cpus) * NANO)
-        changes.append(f"NanoCpus={host['NanoCpus']}")
 
 
 SHAPE = CONTAINER_CREATE

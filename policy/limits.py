@@ -69,6 +69,7 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "idle_cpu_percent": 2.0,
     "idle_gpu_percent": 5.0,
     "idle_network_bytes": 1_000_000,
+    "run_as": "user",
     "bind_mounts": ["{home}"],
     "allow": [],
 }
@@ -94,6 +95,10 @@ class Limits:
     def is_admin(self) -> bool:
         return bool(self.values["admin"])
 
+    def who(self) -> str:
+        """How messages name whose limit applies: ``group students`` or ``user alice``."""
+        return f"group {self.group}" if self.group != "default" else f"user {self.user}"
+
     def allows(self, feature: str) -> bool:
         return self.is_admin or feature in self.values["allow"]
 
@@ -116,6 +121,8 @@ def _more_generous(key: str, a: Any, b: Any) -> Any:
         return bool(a) or bool(b)
     if key in _LISTS:
         return list(dict.fromkeys([*a, *b]))
+    if key == "run_as":  # root inside the container is the more generous
+        return "root" if "root" in (a, b) else "user"
     if key == "aggregate":
         both = {k: _more_generous("max_cpus", a[k], b[k]) for k in a.keys() & b.keys()}
         return {**a, **b, **both}

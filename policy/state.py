@@ -43,6 +43,10 @@ def _no_symlinks(path: str) -> str:
     return posixpath.normpath(path)
 
 
+def _exists_unknown(path: str) -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class State:
     now: float = 0.0
@@ -56,6 +60,8 @@ class State:
     host_cpus: int | None = None  # dockerd refuses --cpus above the host's CPU count
     # Resolves symlinks on the host (os.path.realpath); injected so the engine stays pure.
     realpath: Callable[[str], str] = _no_symlinks
+    # Whether a host path exists (os.path.exists), for bind sources dockerd would create.
+    exists: Callable[[str], bool] = _exists_unknown
     # Sockets no user may mount: dockerd's, the gateway's, the plugin's.
     protected_paths: tuple[str, ...] = (
         "/var/run/docker.sock",

@@ -304,7 +304,7 @@ CASES: list[tuple[str, str, str]] = [
         "defaults:\n  allow:\n    - privileged\n    - everything\n",
         "policy.yaml:4 defaults.allow.1: 'everything' is not one of ['privileged', 'cap_add', "
         "'devices', 'device_cgroup_rules', 'security_opt', 'host_namespaces', 'runtime', "
-        "'sysctls']",
+        "'sysctls', 'low_ports', 'public_ports']",
     ),
     (
         "unknown_users value",

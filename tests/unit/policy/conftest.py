@@ -48,7 +48,14 @@ def lab():
 
 
 def person(name: str, uid: int) -> Identity:
-    return Identity(uid=uid, user=name, groups=frozenset({name}), home=f"/home/{name}")
+    return Identity(
+        uid=uid,
+        user=name,
+        groups=frozenset({name}),
+        home=f"/home/{name}",
+        gid=uid,
+        gids=(uid,),
+    )
 
 
 ALICE = person("alice", 1001)

@@ -29,6 +29,8 @@ CASES = {
     "researcher_limits": (RITA, []),
     "devcontainer": (ALICE, []),
     "spoofing": (ALICE, []),
+    # run_as: user, binds pinned to their resolved path, ports pinned to loopback, forged label
+    "student_binds_ports": (ALICE, []),
 }
 
 
