@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from allocator.labels import LABEL_DEVICES, LABEL_USER
 
+from . import builds as build_rules
 from . import create as create_rules
+from . import networks as network_rules
 from .decision import Decision, Denied, allow, deny, not_found
 from .identity import Identity
 from .limits import Limits
@@ -382,20 +385,46 @@ def _network_create(
                 "network options are not allowed",
                 "create a plain bridge network",
             )
+        if body.get("ConfigOnly") or (body.get("Scope") or "local") != "local":
+            return deny(
+                "network_options",
+                "config-only and swarm-scoped networks are not allowed",
+                "create a plain bridge network",
+            )
+        if ((body.get("IPAM") or {}).get("Config") or []) or (body.get("IPAM") or {}).get(
+            "Options"
+        ):
+            # A chosen subnet can shadow the lab's own networks in the host's routing table.
+            return deny(
+                "network_subnet",
+                "--subnet, --ip-range, --gateway and --aux-address are chosen by dockerd",
+                "create the network without them",
+            )
     body["Labels"] = create_rules.owned_labels(body.get("Labels"), identity.user)
-    return allow(body=body)
+    return allow(body=body, changes=(f"Labels {LABEL_USER}={identity.user}",))
 
 
 def _network_object(
     route: Route, body: Any, identity: Identity, limits: Limits, state: State
 ) -> Decision:
-    if route.method == "GET":
-        return allow()
-    if limits.is_admin:
-        return allow(audited=state.target is not None and state.target.owner != identity.user)
     target = state.target
-    if target is None or target.owner != identity.user:
-        return not_found("network", route.params.get("id", ""))
+    ref = route.params.get("id", "")
+    if limits.is_admin:
+        return allow(audited=target is not None and target.owner != identity.user)
+    missing = replace(network_rules.network_missing(ref), status=404)
+    if target is None:
+        return missing
+    predefined = network_rules.is_predefined(target.name, target.labels)
+    if target.owner != identity.user and not predefined:
+        return missing
+    if route.method == "GET":
+        return allow()  # a predefined network's answer is screened (handler.screen_networks)
+    if route.method == "DELETE" and predefined:
+        return deny(
+            "network_predefined",
+            f"{target.name} is a pre-defined network and cannot be removed",
+            "remove only networks you created",
+        )
     if body is not None:
         container = state.related.get(f"container:{body.get('Container')}")
         if container is None or container.owner != identity.user:
@@ -404,17 +433,27 @@ def _network_object(
 
 
 def _build(route: Route, body: Any, identity: Identity, limits: Limits, state: State) -> Decision:
-    if limits.is_admin:
-        return allow()
-    if route.q("networkmode") == "host":
-        return deny(
-            "build_network_host",
-            "docker build --network host is not allowed",
-            "drop --network host",
-        )
-    if route.q("cgroupparent"):
-        return deny("cgroup_parent", "--cgroup-parent is chosen by DS01", "drop --cgroup-parent")
+    return build_rules.decide_build(route, identity, limits, state)
+
+
+def _session(route: Route, body: Any, identity: Identity, limits: Limits, state: State) -> Decision:
+    # The client's own BuildKit session (file sync, its registry auth): dockerd calls back
+    # into the caller, who exposes only what it already has. The build it serves is governed
+    # on POST /build?version=2.
     return allow()
+
+
+def _grpc(route: Route, body: Any, identity: Identity, limits: Limits, state: State) -> Decision:
+    if limits.is_admin:
+        return allow(audited=True)
+    # BuildKit's control API takes entitlements (network.host, security.insecure) from the
+    # client; DS01 cannot read that gRPC stream, so only admins get it.
+    return deny(
+        "buildkit_grpc",
+        "BuildKit's direct API (docker buildx with the docker driver, POST /grpc) is for "
+        "admins only",
+        "use docker build with DOCKER_BUILDKIT=1 (or DOCKER_BUILDKIT=0) instead",
+    )
 
 
 def _commit(route: Route, body: Any, identity: Identity, limits: Limits, state: State) -> Decision:
@@ -437,5 +476,7 @@ _HANDLERS: dict[str, Handler] = {
     "/networks/{id}/disconnect": _network_object,
     "/networks/{id}": _network_object,
     "/build": _build,
+    "/session": _session,
+    "/grpc": _grpc,
     "/commit": _commit,
 }
