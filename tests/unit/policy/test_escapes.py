@@ -581,7 +581,9 @@ OTHER_ESCAPES = [
             "POST", "/v1.41/build?networkmode=host", headers={"Content-Type": "application/x-tar"}
         ),
         HOME_STATE,
-        "ds01: docker build --network host is not allowed. To fix: drop --network host",
+        "ds01: docker build --network host is not allowed (RUN steps would share the host's "
+        "network). To fix: drop --network host; builds reach the network through the default "
+        "network",
     ),
     (
         "system_df",
