@@ -8,6 +8,7 @@ a pointer to the gateway.
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -98,6 +99,7 @@ def tls_stack() -> Iterator[tuple[Ds01Stack, str, Path]]:
         yield stack, f"tcp://127.0.0.1:{port}", certs
     finally:
         stack.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def as_cert(tls_stack, cn: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -183,6 +183,9 @@ class LabelledDocker:
     async def list_containers(self, filters: Any = None) -> list[Any]:
         return []
 
+    async def _get_or_none(self, path: str) -> None:  # any other lookup: nothing there
+        return None
+
 
 CREATE = json.dumps({"Image": "busybox", "HostConfig": {}}).encode()
 PRIVILEGED = json.dumps({"Image": "busybox", "HostConfig": {"Privileged": True}}).encode()
