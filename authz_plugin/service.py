@@ -14,7 +14,9 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from allocator.labels import LABEL_USER
+from policy import builds as build_rules
 from policy import create as create_rules
+from policy import networks as network_rules
 from policy.decision import Decision, deny
 from policy.engine import ANSWER_NAMES_TARGET, decide, parse_body, route_of
 from policy.identity import Identity, direct_identity
@@ -242,7 +244,24 @@ class Service:
                     {"label": [f"{LABEL_USER}={identity.user}"]}
                 )
                 count = len(owned)
+        await self._network_facts(route, request, related)
         return self._state(target=target, related=related, user_containers=count)
+
+    async def _network_facts(
+        self, route: Route, request: Request, related: dict[str, ObjectFacts]
+    ) -> None:
+        """Facts of the networks a build or a create names (``network:<ref>``)."""
+        refs: list[str] = []
+        if route.endpoint == "/build":
+            ref = build_rules.referenced_network(route)
+            refs = [ref] if ref else []
+        elif route.endpoint == "/containers/create":
+            body = _try_body(route, request)
+            refs = network_rules.referenced_networks(body) if body is not None else []
+        for ref in refs:
+            info = await self.docker.inspect_network(ref)
+            if info:
+                related[f"network:{ref}"] = _facts_from_labelled(info, "network")
 
     async def _exec_facts(self, exec_id: str) -> ObjectFacts | None:
         info = await self.docker.inspect_exec(exec_id)

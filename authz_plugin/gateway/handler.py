@@ -13,6 +13,7 @@ from urllib.parse import urlencode, urlsplit
 
 from allocator.labels import LABEL_USER
 from policy import create as create_rules
+from policy import networks as network_rules
 from policy.decision import Decision
 from policy.engine import BODY_SHAPES, OPTIONAL_BODY_SHAPES, route_of
 from policy.identity import Identity
@@ -38,7 +39,12 @@ MAX_JSON_BODY = 2**20 - 1
 MAX_SCREENED_ANSWER = 16 * 2**20
 # A create's answer is its ID and warnings.
 MAX_CREATE_ANSWER = 64 * 1024
-_HIJACKED = {"/containers/{id}/attach", "/exec/{id}/start"}
+# POST /session (BuildKit's client session) is hijacked too: dockerd switches it to h2c.
+_HIJACKED = {"/containers/{id}/attach", "/exec/{id}/start", "/session"}
+# Reads a non-admin sees screened (their networks and the predefined ones).
+_NETWORK_READS = {"/networks", "/networks/{id}"}
+# Answers that can name the container holding a name: told without its ID.
+_CONFLICT_ANSWERS = {"/containers/create", "/containers/{id}/rename"}
 
 
 def json_reply(status: int, message: str) -> Reply:
@@ -121,6 +127,10 @@ class GatewayHandler:
             answer_limit = MAX_CREATE_ANSWER
         elif decision.body is not None:
             new_body = dumps_canonical(decision.body)
+        if not limits.is_admin:
+            on_response, answer_limit = await self._owner_screens(
+                route, identity, on_response, answer_limit
+            )
         refusal = await self.service.start_guard(request, identity)
         if refusal is not None:
             return deny_reply(refusal)
@@ -234,6 +244,24 @@ class GatewayHandler:
 
         return on_response
 
+    async def _owner_screens(
+        self,
+        route: Route,
+        identity: Identity,
+        on_response: Callable[[int, bytes], Reply | None] | None,
+        answer_limit: int,
+    ) -> tuple[Callable[[int, bytes], Reply | None] | None, int]:
+        """Answers a non-admin may see only in part: network lists and inspects, conflicts."""
+        if route.method == "GET" and route.endpoint in _NETWORK_READS:
+            owned = await self.service.docker.list_containers(
+                {"label": [f"{LABEL_USER}={identity.user}"]}
+            )
+            own = frozenset(c.get("Id", "") for c in owned)
+            return _screen_networks(route, identity.user, own), MAX_SCREENED_ANSWER
+        if route.endpoint in _CONFLICT_ANSWERS:
+            return _redact_conflicts(on_response), answer_limit or MAX_CREATE_ANSWER
+        return on_response, answer_limit
+
     async def _create_named_volumes(self, body: dict[str, Any], identity: Identity) -> None:
         # dockerd would create them unlabelled, invisible to their creator: create them owned.
         for name in create_rules.referenced_volumes(body):
@@ -243,6 +271,65 @@ class GatewayHandler:
                     "/volumes/create",
                     body={"Name": name, "Labels": {LABEL_USER: identity.user}},
                 )
+
+
+def _screen_networks(
+    route: Route, user: str, own: frozenset[str]
+) -> Callable[[int, bytes], Reply | None]:
+    """Network reads as a non-admin sees them (policy.networks decides what is shown)."""
+
+    def on_response(status: int, answer: bytes) -> Reply | None:
+        if status != 200:
+            return None
+        try:
+            data = json.loads(answer)
+            if route.endpoint == "/networks":
+                shown: Any = network_rules.screen_network_list(data, user, own)
+            else:
+                shown = network_rules.screen_network(data, user, own)
+        except (ValueError, TypeError, AttributeError):
+            return json_reply(502, "ds01: could not read the Docker daemon's answer; withheld")
+        if shown is None:  # named another user's network after all: as if missing
+            return json_reply(404, f"network {route.params.get('id', '')} not found")
+        return Reply(status=200, body=json.dumps(shown).encode())
+
+    return on_response
+
+
+def _redact_conflicts(
+    inner: Callable[[int, bytes], Reply | None] | None,
+) -> Callable[[int, bytes], Reply | None]:
+    """A 409 name conflict told without the full ID of the container holding the name."""
+
+    def on_response(status: int, answer: bytes) -> Reply | None:
+        replaced = inner(status, answer) if inner is not None else None
+        if replaced is not None or status != 409:
+            return replaced
+        try:
+            message = json.loads(answer).get("message")
+        except (ValueError, AttributeError):
+            return None
+        if not isinstance(message, str):
+            return None
+        redacted = network_rules.redact_conflict(message)
+        return None if redacted == message else json_reply(409, redacted)
+
+    return on_response
+
+
+def _image_answer(
+    screen: Callable[[int, bytes], bytes | None],
+) -> Callable[[int, bytes], Reply | None]:
+    """An image answer as a non-admin may see it (``image_owners.answer_screen``)."""
+
+    def on_response(status: int, answer: bytes) -> Reply | None:
+        try:
+            replaced = screen(status, answer)
+        except (ValueError, TypeError, AttributeError):
+            return json_reply(502, "ds01: could not read the Docker daemon's answer; withheld")
+        return None if replaced is None else Reply(status=status, body=replaced)
+
+    return on_response
 
 
 def _created_id(status: int, data: bytes) -> str | None:
