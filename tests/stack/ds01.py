@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import secrets
 import signal
 import stat
@@ -65,8 +66,11 @@ class Ds01Stack:
         policy: str,
         inventory: str | None = "config/inventory.example.yaml",
         extra_args: tuple[str, ...] = (),
+        nofile: int | None = None,
     ) -> None:
         self.base = base
+        # ds01d's open-file limit (soft and hard), e.g. 1024 as systemd gives a unit by default.
+        self.nofile = nofile
         self.base.mkdir(parents=True, exist_ok=True)
         os.chmod(self.base, 0o755)  # test users must reach the gateway socket
         self.policy_file = base / "policy.yaml"
@@ -122,6 +126,12 @@ class Ds01Stack:
             "debug",
             *self.extra_args,
         ]
+        nofile = self.nofile
+
+        def limit_files() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 cmd,
@@ -129,6 +139,7 @@ class Ds01Stack:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                preexec_fn=limit_files if nofile is not None else None,
             )
         for path in (self.plugin_socket, self.gateway_socket):
             _wait_for_socket(path, self.proc, self.log)
