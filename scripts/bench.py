@@ -33,7 +33,7 @@ from policy.loader import parse_policy
 from scripts import bench_authz
 from tests.harness.dockerd import PrivateDockerd, remove_plugin_spec, write_plugin_spec
 from tests.harness.images import import_busybox_image
-from tests.stack.ds01 import IMAGE, REPO, Ds01Stack
+from tests.stack.ds01 import IMAGE, REPO, Ds01Stack, user_python
 
 POLICY = """
 defaults: {max_mig_instances: 1, max_gpus: 1, allow_full_gpu: true, gpu_hold_after_stop: 0}
@@ -167,6 +167,72 @@ def bench_docker(stack: Ds01Stack, plain: PrivateDockerd, noop: PrivateDockerd, 
     finally:
         relay.send_signal(signal.SIGTERM)
         relay.wait()
+
+
+# Runs as another user: opens N connections to the gateway, makes each a kept-alive idle one
+# (one /_ping answered), reports how many the gateway let it keep, holds them until stdin ends.
+IDLE_HOLDER = r"""
+import json, resource, socket, sys
+path, count = sys.argv[1], int(sys.argv[2])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 256), hard))
+held, refused = [], 0
+for _ in range(count):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    s.sendall(b"GET /_ping HTTP/1.1\r\nHost: d\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data and (chunk := s.recv(4096)):
+        data += chunk
+    if data.startswith(b"HTTP/1.1 200"):
+        held.append(s)
+    else:
+        refused += 1
+        s.close()
+print(json.dumps({"held": len(held), "refused": refused}), flush=True)
+sys.stdin.read()
+"""
+
+
+def hold_idle(stack: Ds01Stack, user: str, count: int) -> tuple[subprocess.Popen[str], dict]:
+    """Start a process of ``user`` holding ``count`` idle gateway connections."""
+    cmd = [user_python(), "-c", IDLE_HOLDER, str(stack.gateway_socket), str(count)]
+    proc = subprocess.Popen(
+        ["runuser", "-u", user, "--", *cmd],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd="/tmp",
+    )
+    assert proc.stdout is not None
+    return proc, json.loads(proc.stdout.readline() or "{}")
+
+
+def bench_idle_connections(stack: Ds01Stack, plain: PrivateDockerd) -> None:
+    """A load check, not a test: does one user holding idle connections slow anyone else?"""
+    user = "nobody"
+    rounds = int(os.environ.get("DS01_BENCH_ROUNDS", "50")) // 2
+    print(
+        f"docker ps by root through the gateway while {user} holds N idle connections "
+        f"(median of {rounds} runs interleaved with dockerd without DS01):"
+    )
+    base_ratio = None
+    for count in (0, 50, 500):
+        proc, report = hold_idle(stack, user, count) if count else (None, {"held": 0})
+        try:
+            a, b = interleave(cli(stack.gateway, "ps"), cli(plain.host, "ps"), rounds)
+        finally:
+            if proc is not None and proc.stdin is not None:
+                proc.stdin.close()
+                proc.wait(timeout=60)
+        ratio = median_ratio(a, b)
+        base_ratio = base_ratio or ratio
+        print(
+            f"  N={count:<4d} gateway / direct x{ratio:.2f}, vs N=0 x{ratio / base_ratio:.2f}  "
+            f"({report.get('held')} held, {report.get('refused', 0)} refused by the "
+            f"per-user cap; {statistics.median(a) * 1000:.1f} ms vs "
+            f"{statistics.median(b) * 1000:.1f} ms; goal: vs N=0 <= 1.10)"
+        )
 
 
 def http_create(sock_path: str, body: bytes) -> tuple[float, int]:
@@ -312,6 +378,8 @@ def main() -> int:
         print("\n== Docker through DS01 ==")
         bench_docker(stack, plain, noop, base)
         stack.remove_all_containers()
+        print()
+        bench_idle_connections(stack, plain)
         print()
         bench_allocation(stack)
         print()
