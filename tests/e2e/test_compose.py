@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import subprocess
 
@@ -74,6 +75,17 @@ def test_compose_project_is_governed(clean):
         assert info["Config"]["Labels"]["ds01.user"] == ALICE
         assert info["HostConfig"]["CgroupParent"] == f"/ds01/{ALICE}"
     assert sorted(clean.docker("ps", "--format", "{{.Names}}", user=BOB).stdout.split()) == []
+    # Issue 10: the service runs as the user; what it writes in the bound folder is theirs.
+    made = f"{project}/data/made-inside"
+    if os.path.lexists(made):
+        os.unlink(made)
+    inside = compose(
+        clean, project, "exec", "-T", "web", "sh", "-c", "touch /data/made-inside && id -u"
+    )
+    alice = pwd.getpwnam(ALICE)
+    assert inside.returncode == 0, inside.stdout + inside.stderr
+    assert inside.stdout.strip() == str(alice.pw_uid)
+    assert (os.lstat(made).st_uid, os.lstat(made).st_gid) == (alice.pw_uid, alice.pw_gid)
     bad = compose(clean, project, "--profile", "bad", "up", "-d", "bad")
     assert bad.returncode != 0 and "--privileged is not allowed" in bad.stderr
     down = compose(clean, project, "down")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import subprocess
 
@@ -58,6 +59,19 @@ def test_devcontainer_up_and_exec_as_a_plain_user(clean, tmp_path):
     assert run.returncode == 0, run.stderr
     assert "from the host" in run.stdout
     assert f"/ds01/{ALICE}/" in run.stdout
+
+    # Issue 10: the container runs as the user, so what it writes in the workspace is theirs.
+    made = f"{project}/made-inside"
+    if os.path.lexists(made):
+        os.unlink(made)
+    inside = devcontainer(
+        clean, "exec", "--workspace-folder", project, "sh", "-c",
+        "touch /workspaces/dc-project/made-inside && id -u",
+    )  # fmt: skip
+    alice = pwd.getpwnam(ALICE)
+    assert inside.returncode == 0, inside.stdout + inside.stderr
+    assert inside.stdout.strip().splitlines()[-1] == str(alice.pw_uid)
+    assert (os.lstat(made).st_uid, os.lstat(made).st_gid) == (alice.pw_uid, alice.pw_gid)
 
     info = json.loads(clean.docker("inspect", container, direct=True).stdout)[0]
     labels = info["Config"]["Labels"]
