@@ -23,6 +23,7 @@ from allocator.labels import LABEL_PREFIX, USER_SETTABLE_LABELS
 from .create import who
 from .decision import Decision, Denied, allow, deny
 from .identity import Identity
+from .images import check_tag_writes
 from .limits import Limits
 from .networks import BUILTIN_NETWORKS, network_ref_problem
 from .routes import Route
@@ -100,7 +101,10 @@ def decide_build(route: Route, identity: Identity, limits: Limits, state: State)
     _shm(route, limits, query, changes)
     _network(route, identity, limits, state, query, version, changes)
     _host_options(route, limits, query)
-    # check_tag_writes(...) of policy.images goes here once that module exists (see report).
+    # Tags the build writes must be the user's to write (policy.images owns that rule).
+    refusal = check_tag_writes(query.get("t") or [], identity, limits, state)
+    if refusal is not None:
+        return refusal
     return allow(query=query, changes=tuple(changes))
 
 

@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 import pytest
 
 from policy.engine import decide
+from policy.images import OWNERS_KEY, owners_facts
 from policy.state import ObjectFacts, Request, State
 
 from .conftest import ALICE, BOB, RITA, ROOT
@@ -233,3 +234,14 @@ def test_grpc_refused_for_users_allowed_for_admins(limits_of):
 def test_session_allowed(limits_of):
     request = Request("POST", "/v1.41/session", {"Upgrade": "h2c", "Connection": "Upgrade"})
     assert decide(request, ALICE, limits_of(ALICE), State()).allowed
+
+
+def test_build_tag_of_another_user_is_refused(limits_of):
+    """`docker build -t bob/model` by alice would overwrite bob's image (policy.images rule)."""
+    owners = owners_facts({"docker.io/bob/model:latest": "bob"}, {})
+    state = State(related={**NETWORKS.related, OWNERS_KEY: owners})
+    decision = decide(build("t=bob%2Fmodel&version=1"), ALICE, limits_of(ALICE), state)
+    assert not decision.allowed
+    assert decision.code == "image_tag_taken", decision.message
+    own = decide(build("t=alice%2Fmodel&version=1"), ALICE, limits_of(ALICE), state)
+    assert own.allowed, own.message
