@@ -33,6 +33,8 @@ from .events import EventWatcher
 from .gateway import limits as gl
 from .gpus import GpuBroker
 from .identities import identity_for_uid
+from .image_owners import FILE_NAME as IMAGE_OWNERS_FILE
+from .image_owners import ImageOwners
 from .lifecycle import Lifecycle
 from .metrics import Metrics, serve_metrics
 from .policy_store import PolicyStore
@@ -199,7 +201,9 @@ class Daemon:
             cgroup_driver=args.cgroup_driver or self.policy.cgroup_driver,
             protected_paths=self._protected_paths(),
             realpath=os.path.realpath,
+            exists=os.path.exists,
         )
+        self.service.image_owners = ImageOwners(state_dir / IMAGE_OWNERS_FILE)
         self.events = EventWatcher(self.docker, self.broker, time.time)
         self.lifecycle = Lifecycle(
             self.docker,

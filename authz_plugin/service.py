@@ -12,15 +12,18 @@ import os
 import time
 from dataclasses import replace
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from allocator.labels import LABEL_USER
 from policy import builds as build_rules
 from policy import create as create_rules
+from policy import images as image_rules
 from policy import networks as network_rules
 from policy.decision import Decision, deny
 from policy.engine import ANSWER_NAMES_TARGET, decide, parse_body, route_of
 from policy.identity import Identity, direct_identity
 from policy.limits import Limits
+from policy.mounts import start_problem
 from policy.routes import Route
 from policy.state import ObjectFacts, Request, State
 from policy.tls import without_rewrite
@@ -28,13 +31,15 @@ from policy.tls import without_rewrite
 from .authz import AuthzAnswer, AuthzRequest
 from .docker_client import DockerClient, DockerError
 from .identities import identity_for_tls_user
+from .image_owners import ImageOwners
 from .policy_store import PolicyStore
 from .tickets import TOKEN_HEADER, Tickets
 
 log = logging.getLogger("ds01.service")
 
-# Where the GPU start guard applies (a start must find its recorded GPUs free).
+# Where the start guard applies: bind sources re-checked, recorded GPUs re-acquired.
 START_ENDPOINT = "/containers/{id}/start"
+START_ENDPOINTS = frozenset({START_ENDPOINT, "/containers/{id}/restart"})
 
 
 class Recorder(Protocol):
@@ -107,6 +112,7 @@ class Service:
         cgroup_driver: str = "cgroupfs",
         protected_paths: tuple[str, ...] = (),
         realpath: Any = None,
+        exists: Any = None,
         clock: Any = time.time,
     ) -> None:
         self.policy = policy
@@ -116,12 +122,14 @@ class Service:
         self.cgroups = cgroups
         self.clock = clock
         self.tickets = Tickets()
+        self.image_owners = ImageOwners()  # the daemon gives it the state dir's file
         # What every decision's state shares: this host's facts.
         self._host_facts: dict[str, Any] = {
             "cgroup_driver": cgroup_driver,
             "host_cpus": os.cpu_count(),
             "protected_paths": protected_paths or State().protected_paths,
             **({"realpath": realpath} if realpath else {}),
+            **({"exists": exists} if exists else {}),
         }
         docker.headers[TOKEN_HEADER] = self.tickets.internal
 
@@ -147,6 +155,8 @@ class Service:
             )
         else:
             decision = decide(request, identity, limits, state)
+            if decision.allowed and route is not None and route.endpoint in image_rules.FACT_ROUTES:
+                decision = self.image_owners.claim_writes(route, identity, limits) or decision
         if not decision.decide_on_answer:  # else decide_on_answer records the final one
             container = state.target.id if state.target else None
             self.recorder.decision(
@@ -245,7 +255,24 @@ class Service:
                 )
                 count = len(owned)
         await self._network_facts(route, request, related)
+        if endpoint in image_rules.FACT_ROUTES:
+            related.update(await self.image_facts(route, request))
         return self._state(target=target, related=related, user_containers=count)
+
+    async def image_facts(self, route: Route, request: Request) -> dict[str, ObjectFacts]:
+        """The image record and dockerd's view of the images and tags a request names."""
+        refs, tags = image_rules.lookups(route, _try_body(route, request))
+        related = {image_rules.OWNERS_KEY: self.image_owners.facts()}
+        for ref in refs:
+            info = await self.docker._get_or_none(f"/images/{quote(ref, safe='/:@')}/json")
+            if info:
+                related[image_rules.image_key(ref)] = image_rules.image_facts(info, ref)
+        for tag in tags:
+            info = await self.docker._get_or_none(f"/images/{quote(tag, safe='/:@')}/json")
+            facts = image_rules.image_facts(info, tag) if info else None
+            if facts is not None and image_rules.has_tag(facts, tag):
+                related[image_rules.tag_key(tag)] = facts
+        return related
 
     async def _network_facts(
         self, route: Route, request: Request, related: dict[str, ObjectFacts]
@@ -344,14 +371,33 @@ class Service:
         return AuthzAnswer(True)
 
     async def start_guard(self, request: Request, identity: Identity) -> Decision | None:
-        """On every container start: its recorded GPUs must be free (or are re-acquired)."""
+        """On every container start or restart: its bind sources are still the ones checked,
+        and its recorded GPUs are free (or are re-acquired)."""
         route = route_of(request)
-        if self.gpus is None or route is None or route.endpoint != START_ENDPOINT:
+        if route is None or route.endpoint not in START_ENDPOINTS:
             return None
         info = await self.docker.inspect_container(route.params["id"])
         if info is None:
             return None
+        refusal = self._bind_guard(info, identity)
+        if refusal is not None or self.gpus is None:
+            return refusal
         return await self.gpus.guard_start(info, identity, self.clock())
+
+    def _bind_guard(self, info: dict[str, Any], identity: Identity) -> Decision | None:
+        if identity.is_direct:  # root on dockerd's own socket
+            return None
+        limits = self.policy.limits(identity)
+        host = info.get("HostConfig") or {}
+        problem = start_problem(host, identity, limits, self._state())
+        if problem is None:
+            return None
+        name = (info.get("Name") or "").lstrip("/") or info.get("Id", "")[:12]
+        return deny(
+            "bind_changed",
+            f"{name} was not started: {problem}",
+            f"put the folder back, or recreate the container (docker rm {name}; docker run ...)",
+        )
 
 
 def _header(headers: dict[str, str], name: str) -> str | None:

@@ -313,11 +313,35 @@ def _check_volume_name(name: str, identity: Identity, state: State) -> None:
 def _check_references(
     body: dict[str, Any], host: dict[str, Any], identity: Identity, state: State
 ) -> None:
-    """Other containers the body names (namespaces, VolumesFrom, links) must be the user's."""
+    """Other containers the body names (namespaces, VolumesFrom, links) must be the user's;
+    each is then named by the full ID that was checked, which dockerd cannot resolve again
+    to another container."""
+    full: dict[str, str] = {}
     for ref in referenced_containers(body):
         facts = state.related.get(f"container:{ref}")
         if facts is None or facts.owner != identity.user:
             raise Denied(_missing("container", ref))
+        full[ref] = facts.id or ref
+    if full:
+        _pin_references(host, full)
+
+
+def _pin_references(host: dict[str, Any], full: dict[str, str]) -> None:
+    for key in _NAMESPACE_FLAGS:
+        mode = host.get(key) or ""
+        if mode.startswith("container:"):
+            host[key] = "container:" + full[mode.split(":", 1)[1]]
+    if host.get("VolumesFrom"):
+        host["VolumesFrom"] = [
+            ":".join([full[e.split(":", 1)[0]], *e.split(":", 1)[1:]]) for e in host["VolumesFrom"]
+        ]
+    if host.get("Links"):
+        links = []
+        for link in host["Links"]:
+            name, _, alias = link.partition(":")
+            # Without an alias dockerd would name the link after what it was given: keep it.
+            links.append(f"{full[name.lstrip('/')]}:{alias or name.lstrip('/')}")
+        host["Links"] = links
 
 
 def _missing(kind: str, ref: str) -> Decision:

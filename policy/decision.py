@@ -18,6 +18,7 @@ class Decision:
     status: int = 403  # HTTP status the gateway answers a denial with
     body: dict[str, Any] | None = None  # the canonical rewritten JSON body, when rewritten
     query: dict[str, list[str]] | None = None  # the rewritten query, when rewritten
+    params: dict[str, str] | None = None  # path parameters to forward instead (full IDs)
     gpu_request: Any = None  # an allocator.request.GpuRequest to satisfy before forwarding
     changes: tuple[str, ...] = ()  # what the rewrite changed, for the audit log
     audited: bool = False  # an admin acting on someone else's object, or direct access

@@ -15,12 +15,16 @@ from allocator.labels import LABEL_DEVICES, LABEL_USER
 
 from . import builds as build_rules
 from . import create as create_rules
+from . import images as image_rules
 from . import networks as network_rules
 from .decision import Decision, Denied, allow, deny, not_found
 from .identity import Identity
 from .limits import Limits
+from .mounts import host_bind_sources
+from .resources import check_update
 from .routes import Route, RouteError, parse_route
-from .state import Request, State
+from .run_as import checked_user, runs_as_user
+from .state import ObjectFacts, Request, State
 from .strict_json import (
     CONTAINER_UPDATE,
     EXEC_CREATE,
@@ -53,17 +57,8 @@ _OPEN = {
     "/version",
     "/info",
     "/auth",
-    "/images/json",
-    "/images/create",
-    "/images/load",
-    "/images/get",
+    "/images/json",  # a non-admin's list is filtered on dockerd's answer (images.filter_list)
     "/images/search",
-    "/images/{name*}/get",
-    "/images/{name*}/history",
-    "/images/{name*}/json",
-    "/images/{name*}/push",
-    "/images/{name*}/tag",
-    "/images/{name*}",
     "/distribution/{name*}/json",
     "/networks",
     "/session",
@@ -96,7 +91,8 @@ def decide(request: Request, identity: Identity, limits: Limits, state: State) -
     """The decision for one request. Never raises: anything unexpected is a denial."""
     try:
         route = parse_route(request.method, request.target)
-        return _decide(route, request, identity, limits, state)
+        decision = _decide(route, request, identity, limits, state)
+        return _pin_target(route, decision, state) if decision.allowed else decision
     except RouteError as exc:
         return deny("bad_request", str(exc), "use the docker CLI or an SDK, unmodified", 400)
     except BodyError as exc:
@@ -112,6 +108,26 @@ def decide(request: Request, identity: Identity, limits: Limits, state: State) -
             "report this to an admin; nothing was changed",
             403,
         )
+
+
+# Routes whose {id} dockerd resolves by name or ID prefix: forwarded with the full ID checked.
+_PINNED_PREFIXES = ("/containers/{id}", "/exec/{id}", "/networks/{id}")
+
+
+def _pin_target(route: Route, decision: Decision, state: State) -> Decision:
+    """Name the object that was checked by its full ID, so that dockerd cannot resolve the
+    name or prefix again to another object (a rename loop between check and use)."""
+    target = state.target
+    if target is None or not target.id:
+        return decision
+    ref = route.params.get("id")
+    if ref is not None and ref != target.id and route.endpoint.startswith(_PINNED_PREFIXES):
+        return replace(decision, params={"id": target.id})
+    if route.endpoint == "/commit" and route.q("container") not in ("", target.id):
+        query = {k: list(v) for k, v in (decision.query or route.query).items()}
+        query["container"] = [target.id]
+        return replace(decision, query=query)
+    return decision
 
 
 def route_of(request: Request) -> Route | None:
@@ -200,19 +216,58 @@ def _check_framing(request: Request, route: Route) -> None:
                 400,
             )
         )
-    length = (request.header("Content-Length") or "0").strip()
-    if route.endpoint == "/containers/{id}/start" and (
-        request.header("Transfer-Encoding") or length != "0" or request.body
-    ):
-        # API < 1.24 let a start body carry a HostConfig; refuse any start body at all.
+    media = (request.header("Content-Type") or "").split(";", 1)[0].strip().lower()
+    if media in FORM_MEDIA_TYPES:
+        # dockerd reads such a body into the same form as the query (body first): a second
+        # query that DS01 would not have seen.
         raise Denied(
             deny(
-                "bad_body",
-                "a container start request must have no body",
-                "start containers with docker start NAME",
+                "form_body",
+                f"a {media} body is not accepted (dockerd would read it as query parameters)",
+                "send parameters in the query string and JSON bodies as application/json",
                 400,
             )
         )
+    length = (request.header("Content-Length") or "0").strip()
+    has_body = bool(request.header("Transfer-Encoding")) or length != "0" or bool(request.body)
+    if has_body and not _takes_body(route):
+        # API < 1.24 let a start body carry a HostConfig; no other such route reads a body.
+        raise Denied(
+            deny(
+                "bad_body",
+                f"{route.method} {route.endpoint} takes no request body",
+                "send the request without a body, as the docker CLI does",
+                400,
+            )
+        )
+
+
+# What dockerd would parse as form fields (Go's ParseForm and ParseMultipartForm).
+FORM_MEDIA_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+# Bodies dockerd reads besides the JSON ones: build contexts, image tars, archives, auth,
+# a commit's image config, and cluster administration (admins only).
+_OTHER_BODIES = frozenset(
+    {
+        "/build",
+        "/images/load",
+        "/images/create",
+        "/containers/{id}/archive",
+        "/auth",
+        "/commit",
+        "/volumes/{name}",
+    }
+)
+_ADMIN_BODY_PREFIXES = ("/plugins", "/swarm", "/services", "/nodes", "/secrets", "/configs")
+
+
+def _takes_body(route: Route) -> bool:
+    endpoint = route.endpoint
+    return (
+        endpoint in BODY_SHAPES
+        or endpoint in OPTIONAL_BODY_SHAPES
+        or endpoint in _OTHER_BODIES
+        or endpoint.startswith(_ADMIN_BODY_PREFIXES)
+    )
 
 
 def owner_filter_query(route: Route, user: str) -> dict[str, list[str]]:
@@ -299,29 +354,7 @@ def _container_update(
                 f"docker update cannot change {key}",
                 "recreate the container with the settings you need",
             )
-    group = create_rules.who(limits)
-    caps = (
-        ("Memory", limits.memory, "--memory"),
-        ("MemorySwap", limits.memory, "--memory-swap"),
-        ("PidsLimit", limits.pids_limit, "--pids-limit"),
-        (
-            "NanoCpus",
-            None if limits.max_cpus is None else int(limits.max_cpus * create_rules.NANO),
-            "--cpus",
-        ),
-    )
-    for key, cap, flag in caps:
-        value = body.get(key)
-        if cap is None or value in (None, 0):
-            continue  # 0 means "unchanged" to docker update
-        if value < 0 or value > cap:
-            return deny(
-                "update_raise",
-                f"docker update {flag} would raise your limit above {group}'s",
-                f"keep {flag} at or below the per-container limit (ds01 limits)",
-            )
-    if limits.max_cpus is not None and (body.get("CpuQuota") or 0) != 0:
-        return deny("update_raise", "docker update --cpu-quota is not allowed", "use --cpus")
+    check_update(body, limits)
     restart = (body.get("RestartPolicy") or {}).get("Name") or "no"
     if (
         state.target is not None
@@ -333,7 +366,18 @@ def _container_update(
             "restart policies are not allowed on GPU containers",
             "keep --restart no",
         )
+    if state.target is not None and restart not in ("", "no") and _mounts_host(state.target):
+        return deny(
+            "restart_with_binds",
+            "restart policies are not allowed on containers that mount host folders: dockerd "
+            "would restart them without DS01 re-checking those folders",
+            "keep --restart no",
+        )
     return allow()
+
+
+def _mounts_host(target: ObjectFacts) -> bool:
+    return bool(host_bind_sources(target.details.get("HostConfig") or {}))
 
 
 def _exec_create(
@@ -350,6 +394,24 @@ def _exec_create(
         )
     # NVIDIA_* in an exec's env grants nothing: devices are fixed when the container starts
     # (the Dev Containers CLI re-sends the container's own env, NVIDIA_VISIBLE_DEVICES too).
+    if not runs_as_user(identity, limits):
+        return owned
+    body["User"] = checked_user(body.get("User") or "", identity, limits, "docker exec")
+    return allow(body=body, changes=(f"User={body['User']} (run_as: user)",))
+
+
+def _archive(route: Route, body: Any, identity: Identity, limits: Limits, state: State) -> Decision:
+    """``docker cp``: dockerd copies as root, whatever the container's user."""
+    owned = _owned_object(route, body, identity, limits, state)
+    if not owned.allowed or limits.is_admin or state.target is None:
+        return owned
+    if _mounts_host(state.target):
+        return deny(
+            "archive_binds",
+            "docker cp is not allowed on containers that mount host folders: dockerd copies "
+            "as root and would read or write your folders with root's rights",
+            "copy through the mounted folder on the host instead (e.g. cp FILE ~/project/)",
+        )
     return owned
 
 
@@ -465,6 +527,20 @@ def _commit(route: Route, body: Any, identity: Identity, limits: Limits, state: 
     return allow()
 
 
+def _images(route: Route, body: Any, identity: Identity, limits: Limits, state: State) -> Decision:
+    return image_rules.decide_image_route(route, identity, limits, state)
+
+
+def _commit_with_tags(
+    route: Route, body: Any, identity: Identity, limits: Limits, state: State
+) -> Decision:
+    """A commit: the container must be the user's, and so must the tag it writes."""
+    decision = _commit(route, body, identity, limits, state)
+    if not decision.allowed:
+        return decision
+    return image_rules.check_route_writes(route, identity, limits, state) or decision
+
+
 Handler = Callable[[Route, Any, Identity, Limits, State], Decision]
 _HANDLERS: dict[str, Handler] = {
     "/containers/create": _container_create,
@@ -475,8 +551,19 @@ _HANDLERS: dict[str, Handler] = {
     "/networks/{id}/connect": _network_object,
     "/networks/{id}/disconnect": _network_object,
     "/networks/{id}": _network_object,
+    "/containers/{id}/archive": _archive,
     "/build": _build,
     "/session": _session,
     "/grpc": _grpc,
-    "/commit": _commit,
+    "/commit": _commit_with_tags,
+    # Images: every tag has an owner (policy/images.py).
+    "/images/create": _images,
+    "/images/load": _images,
+    "/images/get": _images,
+    "/images/{name*}/get": _images,
+    "/images/{name*}/history": _images,
+    "/images/{name*}/json": _images,
+    "/images/{name*}/push": _images,
+    "/images/{name*}/tag": _images,
+    "/images/{name*}": _images,
 }

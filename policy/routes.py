@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 # API versions dockerd has shipped and that we understand. Below 1.24 dockerd still honours
 # legacy bodies (HostConfig on /start), so those are refused outright.
@@ -17,6 +17,9 @@ MIN_API_VERSION = (1, 24)
 MAX_API_VERSION = (1, 54)
 
 _VERSION = re.compile(r"^/v(\d+)\.(\d+)(/.*)$")
+_TEMPLATE_PARAM = re.compile(r"\{([a-z_]+)\*?\}")
+# A '%' not followed by two hex digits: Go's net/url drops the whole pair, Python keeps it.
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _SEG = r"(?P<{}>[^/]+)"
 _ANY = r"(?P<{}>.+)"
 
@@ -39,6 +42,20 @@ class Route:
     def flag(self, name: str) -> bool:
         """A boolean query parameter as moby's ``httputils.BoolValue`` reads it."""
         return self.q(name).strip().lower() not in ("", "0", "no", "false", "none")
+
+    def canonical_target(
+        self,
+        params: dict[str, str] | None = None,
+        query: dict[str, list[str]] | None = None,
+    ) -> str:
+        """The request-target to forward: this route's path with ``params`` put in (full IDs
+        the decision named) and the query re-serialised from what was decided on."""
+        values = {**self.params, **(params or {})}
+        path = _TEMPLATE_PARAM.sub(lambda m: values[m.group(1)], self.endpoint)
+        if self.version is not None:
+            path = f"/v{self.version[0]}.{self.version[1]}{path}"
+        query = self.query if query is None else query
+        return f"{path}?{urlencode(query, doseq=True)}" if query else path
 
 
 class RouteError(ValueError):
@@ -198,13 +215,39 @@ def _parse_route(method: str, target: str) -> Route:
         path = match.group(3)
     elif path.startswith("/v") and re.match(r"^/v[0-9]", path):
         raise RouteError("malformed API version prefix in the request path")
-    try:
-        query = parse_qs(query_text, keep_blank_values=True) if query_text else {}
-    except ValueError as exc:
-        raise RouteError(f"unparsable query string: {exc}") from None
+    query = parse_query(query_text)
     method = method.upper()
     for methods, template, pattern in _BY_SEGMENT.get(_first_segment(path), ()):
         found = pattern.match(path)
         if found and method in methods:
             return Route(method, template, found.groupdict(), query, version, path)
     raise RouteError(f"{method} {path} is not a Docker API endpoint DS01 knows")
+
+
+def parse_query(text: str) -> dict[str, list[str]]:
+    """The query as dockerd's Go ``net/url`` reads it, or RouteError where the two would differ.
+
+    Go drops a segment holding ``;`` (older Go split on it) or a bad ``%`` escape and reads
+    the rest; Python keeps both. Either way what DS01 checked would not be what dockerd does,
+    so such queries are refused, and what is forwarded is re-serialised from this parse.
+    """
+    if not text:
+        return {}
+    if ";" in text:
+        raise RouteError("a ';' in the query string is read differently by dockerd")
+    if _BAD_ESCAPE.search(text):
+        raise RouteError("a malformed %-escape in the query string")
+    if any(ord(c) < 0x21 or ord(c) > 0x7E for c in text):
+        raise RouteError("the query string contains control or non-ASCII characters")
+    try:
+        query = parse_qs(text, keep_blank_values=True, strict_parsing=False, errors="strict")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RouteError(f"unparsable query string: {exc}") from None
+    for key, values in query.items():
+        if _has_control(key) or any(_has_control(v) for v in values):
+            raise RouteError("the query string decodes to control characters")
+    return query
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)

@@ -32,6 +32,7 @@ def needs_rewrite(decision: Decision) -> bool:
     return (
         decision.body is not None
         or decision.query is not None
+        or decision.params is not None  # a name or ID prefix: dockerd would resolve it again
         or decision.gpu_request is not None
         or decision.decide_on_answer
     )

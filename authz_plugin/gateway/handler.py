@@ -9,7 +9,6 @@ import json
 import logging
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlencode, urlsplit
 
 from allocator.labels import LABEL_USER
 from policy import create as create_rules
@@ -26,7 +25,8 @@ from ..api import PREFIX as API_PREFIX
 from ..api import Api
 from ..docker_client import DockerError
 from ..identities import IdentityCache
-from ..service import START_ENDPOINT, Service
+from ..image_owners import answer_screen
+from ..service import START_ENDPOINTS, Service
 from ..tickets import TOKEN_HEADER
 from .types import Client, Forward, Reply, RequestHead
 
@@ -112,7 +112,8 @@ class GatewayHandler:
             return deny_reply(decision)
         route = route_of(request)
         assert route is not None  # decide() denies what does not route
-        target = _with_query(head.target, decision.query) if decision.query else head.target
+        # What dockerd executes is what was decided: the full IDs checked, the query as parsed.
+        target = route.canonical_target(decision.params, decision.query)
         new_body = body
         on_response: Callable[[int, bytes], Reply | None] | None = None
         on_close = None
@@ -127,6 +128,9 @@ class GatewayHandler:
             answer_limit = MAX_CREATE_ANSWER
         elif decision.body is not None:
             new_body = dumps_canonical(decision.body)
+        image_screen = answer_screen(self.service.image_owners, route, identity, limits)
+        if image_screen is not None:  # image lists filtered, image owners recorded
+            on_response, answer_limit = _image_answer(image_screen), MAX_SCREENED_ANSWER
         if not limits.is_admin:
             on_response, answer_limit = await self._owner_screens(
                 route, identity, on_response, answer_limit
@@ -139,7 +143,7 @@ class GatewayHandler:
             head.method,
             target,
             new_body,
-            start_guarded=route.endpoint == START_ENDPOINT,
+            start_guarded=route.endpoint in START_ENDPOINTS,
         )
         if new_body is not None:
             # dockerd shows a body to its plugins only when it is labelled JSON; label every
@@ -358,8 +362,3 @@ def _header_map(headers: tuple[tuple[str, str], ...]) -> dict[str, str]:
     for key, value in headers:
         out.setdefault(key, value)
     return out
-
-
-def _with_query(target: str, query: dict[str, list[str]]) -> str:
-    split = urlsplit(target)
-    return f"{split.path}?{urlencode(query, doseq=True)}"

@@ -165,6 +165,9 @@ def _tls_refusal(what: str) -> str:
     )
 
 
+MINE_ID, THEIRS_ID = "a1" * 32, "b2" * 32
+
+
 class LabelledDocker:
     """dockerd with two containers: ``mine`` (nobody's) and ``theirs`` (daemon's)."""
 
@@ -172,10 +175,12 @@ class LabelledDocker:
         self.headers: dict[str, str] = {}
 
     async def inspect_container(self, ref: str) -> dict[str, Any] | None:
-        owner = {"mine": "nobody", "theirs": "daemon"}.get(ref)
+        name = {MINE_ID: "mine", THEIRS_ID: "theirs"}.get(ref, ref)
+        owner = {"mine": "nobody", "theirs": "daemon"}.get(name)
         if owner is None:
             return None
-        return {"Id": ref * 4, "Name": f"/{ref}", "Config": {"Labels": {"ds01.user": owner}}}
+        full = MINE_ID if name == "mine" else THEIRS_ID
+        return {"Id": full, "Name": f"/{name}", "Config": {"Labels": {"ds01.user": owner}}}
 
     async def inspect_volume(self, ref: str) -> None:
         return None
@@ -193,8 +198,28 @@ PRIVILEGED = json.dumps({"Image": "busybox", "HostConfig": {"Privileged": True}}
 # (row id, certificate CN, method, path, body, allowed, exact message)
 TLS_ROWS = [
     ("ping", "nobody", "GET", "/_ping", None, True, ""),
-    ("own_stop", "nobody", "POST", "/containers/mine/stop", None, True, ""),
-    ("own_inspect", "nobody", "GET", "/containers/mine/json", None, True, ""),
+    ("own_stop", "nobody", "POST", f"/containers/{MINE_ID}/stop", None, True, ""),
+    ("own_inspect", "nobody", "GET", f"/containers/{MINE_ID}/json", None, True, ""),
+    # By name or ID prefix dockerd would resolve the reference again after the check (a
+    # rename loop could point it elsewhere): only the gateway can forward the full ID.
+    (
+        "own_stop_by_name",
+        "nobody",
+        "POST",
+        "/containers/mine/stop",
+        None,
+        False,
+        _tls_refusal("POST /containers/{id}/stop"),
+    ),
+    (
+        "own_inspect_by_name",
+        "nobody",
+        "GET",
+        "/containers/mine/json",
+        None,
+        False,
+        _tls_refusal("GET /containers/{id}/json"),
+    ),
     (
         "other_stop",
         "nobody",

@@ -475,7 +475,7 @@ OTHER_ESCAPES = [
         "start_with_body",
         _req("POST", "/v1.41/containers/abc/start", {"Privileged": True}),
         State(target=container("alice")),
-        "ds01: a container start request must have no body. To fix: start containers with docker start NAME",
+        "ds01: POST /containers/{id}/start takes no request body. To fix: send the request without a body, as the docker CLI does",
     ),
     (
         "plugins",
