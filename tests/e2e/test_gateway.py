@@ -298,7 +298,10 @@ def test_docker_sdk_is_governed(clean, users):
 
 
 def test_a_process_inside_a_container_is_its_owner(clean, users):
-    """A docker client inside alice's container speaks as alice, never as root."""
+    """A docker client inside alice's container speaks as the uid it runs as: alice, not root.
+
+    Identity is SO_PEERCRED's uid only (no container-of-pid lookup a user could forge with a
+    cgroup of their own); DS01 runs alice's containers as her uid, so that uid is hers."""
     ok(clean.docker("run", "-d", "--name", "bobs", IMAGE, "sleep", "300", user=BOB))
     ok(clean.docker("run", "-d", "--name", "alices", IMAGE, "sleep", "300", user=ALICE))
     uid = str(clean_uid(ALICE))
@@ -316,6 +319,8 @@ def test_a_process_inside_a_container_is_its_owner(clean, users):
             f"ds01.user={ALICE}",
             "--label",
             f"ds01.uid={uid}",
+            "--user",
+            f"{uid}:{uid}",
             "-v",
             f"{clean.gateway_socket}:/var/run/docker.sock",
             "-v",
