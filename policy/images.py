@@ -340,10 +340,33 @@ def _raw_writes(route: Route) -> list[str]:
 def decide_image_route(route: Route, identity: Identity, limits: Limits, state: State) -> Decision:
     """The decision for an ``/images/...`` route (list filtering is done on dockerd's answer)."""
     if limits.is_admin or identity.is_direct:
-        return allow(audited=_admin_on_others(route, identity, state))
+        return _pinned(route, state, allow(audited=_admin_on_others(route, identity, state)))
     rule = _RULES.get(route.endpoint)
     refusal = rule(route, identity, limits, state) if rule is not None else None
-    return refusal or allow()
+    return refusal or _pinned(route, state, allow())
+
+
+# Routes forwarded with the full image ID when they named the image by ID or ID prefix, so
+# dockerd cannot resolve the prefix (or a tag of that name made meanwhile) to another image.
+_PINNED = frozenset(
+    {
+        "/images/{name*}/get",
+        "/images/{name*}/history",
+        "/images/{name*}/json",
+        "/images/{name*}/tag",
+        "/images/{name*}",
+    }
+)
+
+
+def _pinned(route: Route, state: State, decision: Decision) -> Decision:
+    ref = route.params.get("name", "")
+    image = state.related.get(image_key(ref))
+    if route.endpoint not in _PINNED or image is None or not image.id or ref == image.id:
+        return decision
+    if _ref_kind(ref, image)[0] != "id":
+        return decision  # a tag or digest names exactly what it names: removing it untags
+    return replace(decision, params={"name": image.id})
 
 
 def _admin_on_others(route: Route, identity: Identity, state: State) -> bool:

@@ -149,6 +149,24 @@ def test_image_rules(limits_of, user, method, target, status, message):
         assert decision.status == status
 
 
+@pytest.mark.parametrize(
+    ("user", "method", "target", "forwarded"),
+    [
+        (BOB, "GET", "/v1.41/images/bbbbbb/json", f"/v1.41/images/{B}/json"),
+        (BOB, "DELETE", "/images/ffffff?force=1", f"/images/{F}?force=1"),
+        (BOB, "POST", "/images/bbbbbb/tag?repo=bob/t", f"/images/{B}/tag?repo=bob%2Ft"),
+        (ROOT, "GET", "/images/aaaaaa/history", f"/images/{A}/history"),
+        (BOB, "GET", "/images/busybox/json", "/images/busybox/json"),  # a tag stays a tag
+        (BOB, "DELETE", "/images/bob/x", "/images/bob/x"),
+    ],
+)
+def test_an_id_prefix_is_forwarded_as_the_full_id(limits_of, user, method, target, forwarded):
+    decision = decide(Request(method, target), user, limits_of(user), image_state())
+    assert decision.allowed, decision.message
+    route = parse_route(method, target)
+    assert route.canonical_target(decision.params, decision.query) == forwarded
+
+
 def test_admin_on_another_users_image_is_audited(limits_of):
     decision = decide(
         Request("DELETE", "/images/alice/model"), ROOT, limits_of(ROOT), image_state()
