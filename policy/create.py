@@ -30,6 +30,7 @@ from .decision import Decision, Denied, allow, deny, not_found
 from .identity import Identity
 from .limits import Limits
 from .mounts import check_bind_options, host_bind_sources, pin_bind
+from .networks import check_create_networks
 from .ports import check_ports
 from .resources import apply_resources
 from .run_as import checked_group_add, checked_user, runs_as_user, with_no_new_privileges
@@ -77,6 +78,7 @@ def decide_create(
     if not limits.is_admin:
         _check_host_config(host, identity, limits, state)
         _check_references(body, host, identity, state)
+        check_create_networks(body, identity, limits, state)
         _check_gpu_container(host, gpu_request)
         _check_restart_with_binds(host)
         check_ports(host, limits, changes)
