@@ -324,13 +324,31 @@ def test_cp_out_of_a_container_with_a_bind_is_refused(mal):
     """Copying out (HEAD and GET archive) of such a container is refused too: dockerd reads as
     root, so it would read what the user cannot."""
     cid = mal_create(mal, "-v", f"{HOME}:/h", IMAGE, "true")
-    target = "/tmp/ds01-hx-out"
-    shutil.rmtree(target, ignore_errors=True)
+    target = f"{HOME}/out"
     refused(mal.docker("cp", f"{cid}:/etc/passwd", target, user=MAL))
     assert not os.path.exists(target)
     for method in ("HEAD", "GET"):
         status, answer = api(MAL, mal, method, f"/v1.41/containers/{cid}/archive?path=/h")
         assert status == 403, (method, status, answer)
+
+
+def test_cp_into_a_container_that_inherits_a_bind_is_refused(mal):
+    """`--volumes-from` a container that binds the home: the second container mounts the same
+    host folder, so `docker cp` into it is refused all the same; no root-owned file appears."""
+    ok(sh(f"mkdir {HOME}/x"))
+    first = mal_create(mal, "-v", f"{HOME}/x:/w", IMAGE, "true")
+    second = mal_create(mal, "--volumes-from", first, IMAGE, "true")
+    refused(mal.docker("cp", "/etc/hostname", f"{second}:/w/copied", user=MAL))
+    status, answer = api(
+        MAL,
+        mal,
+        "PUT",
+        f"/v1.41/containers/{second}/archive?path=/w",
+        setuid_tar(),
+        headers={"Content-Type": "application/x-tar"},
+    )
+    refused_raw(status, answer)
+    assert privileged_leftovers(HOME, MAL) == []
 
 
 def test_cp_without_a_host_bind_still_works(mal):
@@ -392,6 +410,17 @@ def never_started(stack: Ds01Stack, cid: str) -> bool:
 
 
 PROBE = "echo pwned > /w/ds01-swap-probe 2>/dev/null; sleep 300"
+ETC_PROBE = "/etc/ds01-swap-probe"
+
+
+@pytest.fixture
+def etc_probe():
+    """Where a swap that worked would write; removed after, so a failing run leaves no trace."""
+    if os.path.exists(ETC_PROBE):
+        os.unlink(ETC_PROBE)
+    yield ETC_PROBE
+    if os.path.exists(ETC_PROBE):
+        os.unlink(ETC_PROBE)
 
 
 @pytest.mark.parametrize(
@@ -403,7 +432,7 @@ PROBE = "echo pwned > /w/ds01-swap-probe 2>/dev/null; sleep 300"
     ],
     ids=["source", "parent", "socket_dir"],
 )
-def test_symlink_swap_between_create_and_start(mal, swap):
+def test_symlink_swap_between_create_and_start(mal, etc_probe, swap):
     """Create with ~/x, replace ~/x (or a parent) by a symlink elsewhere, start: refused, and
     the container never started, so it never mounted the symlink's target."""
     bind, replaced, target = swap
@@ -414,8 +443,32 @@ def test_symlink_swap_between_create_and_start(mal, swap):
     ok(sh(f"rm -rf {HOME}/{replaced} && ln -s {target} {HOME}/{replaced}"))
     refused(mal.docker("start", cid, user=MAL))
     assert never_started(mal, cid)
-    assert not os.path.exists("/etc/ds01-swap-probe")
+    assert not os.path.exists(etc_probe)
     assert not os.path.exists(f"{mal.base}/ds01-swap-probe")
+
+
+def test_symlink_swap_under_a_mount_flag(mal, etc_probe):
+    """The same swap for a bind given with --mount."""
+    ok(sh(f"mkdir {HOME}/m"))
+    cid = mal_create(
+        mal, "--mount", f"type=bind,source={HOME}/m,target=/w", IMAGE, "sh", "-c", PROBE
+    )
+    ok(sh(f"rmdir {HOME}/m && ln -s /etc {HOME}/m"))
+    refused(mal.docker("start", cid, user=MAL))
+    assert never_started(mal, cid)
+    assert not os.path.exists(etc_probe)
+
+
+def test_symlink_swap_under_volumes_from(mal, etc_probe):
+    """A container that inherits the bind with --volumes-from: dockerd mounts the first
+    container's source when the second starts, so the second's start is re-checked too."""
+    ok(sh(f"mkdir {HOME}/x"))
+    first = mal_create(mal, "-v", f"{HOME}/x:/w", IMAGE, "true")
+    inherits = mal_create(mal, "--volumes-from", first, IMAGE, "sh", "-c", PROBE)
+    ok(sh(f"rmdir {HOME}/x && ln -s /etc {HOME}/x"))
+    refused(mal.docker("start", inherits, user=MAL))
+    assert never_started(mal, inherits)
+    assert not os.path.exists(etc_probe)
 
 
 def test_symlink_swap_before_restart(mal):
