@@ -28,6 +28,7 @@ from allocator.request import GpuRequestError, parse_gpu_request
 
 from .decision import Decision, Denied, allow, deny, not_found
 from .identity import Identity
+from .images import check_image_use
 from .limits import Limits
 from .mounts import check_bind_options, host_bind_sources, pin_bind
 from .networks import check_create_networks
@@ -79,6 +80,9 @@ def decide_create(
         _check_host_config(host, identity, limits, state)
         _check_references(body, host, identity, state)
         check_create_networks(body, identity, limits, state)
+        image_refusal = check_image_use(body["Image"], identity, limits, state, create=True)
+        if image_refusal is not None:
+            raise Denied(image_refusal)
         _check_gpu_container(host, gpu_request)
         _check_restart_with_binds(host)
         check_ports(host, limits, changes)

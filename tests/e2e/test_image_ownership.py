@@ -103,9 +103,6 @@ def test_alices_image_looks_missing_to_bob(clean, model):
     assert model in ok(docker("images", "--format", "{{.Repository}}:{{.Tag}}", user=ALICE))
 
 
-@pytest.mark.xfail(
-    strict=True, reason="policy.images.check_image_use is not yet called by the create rules"
-)
 def test_bob_cannot_run_alices_image(clean, model):
     refused(clean.docker("run", "--rm", model, "true", user=BOB), f"No such image: {model}")
 
