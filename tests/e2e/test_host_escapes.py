@@ -471,6 +471,23 @@ def test_symlink_swap_under_volumes_from(mal, etc_probe):
     assert not os.path.exists(etc_probe)
 
 
+@pytest.mark.parametrize("policy", ["always", "unless-stopped", "on-failure"])
+def test_restart_policy_with_an_inherited_bind_is_refused(mal, policy):
+    """dockerd restarts on its own, with no request DS01 could re-check: a restart policy is
+    refused for a container that inherits a host bind, as for one that has its own."""
+    ok(sh(f"mkdir {HOME}/x"))
+    first = mal_create(mal, "-v", f"{HOME}/x:/w", IMAGE, "true")
+    refused(mal.docker("create", "--restart", policy, "-v", f"{HOME}/x:/v", IMAGE, "true",
+                       user=MAL))  # fmt: skip
+    refused(
+        mal.docker("create", "--restart", policy, "--volumes-from", first, IMAGE, "true", user=MAL)
+    )
+    second = mal_create(mal, "--volumes-from", first, IMAGE, "true")
+    refused(mal.docker("update", "--restart", policy, second, user=MAL))
+    assert sorted(containers(mal)) == sorted([first, second])
+    assert inspect(mal, second)["HostConfig"]["RestartPolicy"]["Name"] in ("", "no")
+
+
 def test_symlink_swap_before_restart(mal):
     """Started with ~/y; ~/y swapped for a symlink to /etc; restart (and stop+start): refused,
     and the running container still sees the folder it was started with."""
@@ -632,6 +649,17 @@ def test_run_as_root_policy_allows_root_but_no_host_binds(mal):
                 user=MAL,
             )
         )  # fmt: skip
+    assert privileged_leftovers(HOME, MAL) == []
+
+
+def test_run_as_root_cannot_inherit_a_host_bind(mal):
+    """A bind-mounting container made while mallory ran as herself; then run_as: root. A root
+    container taking that bind with --volumes-from is refused (or cannot write as root)."""
+    ok(sh(f"mkdir {HOME}/x"))
+    first = mal_create(mal, "-v", f"{HOME}/x:/w", IMAGE, "true")
+    with mallory_policy(mal, "    run_as: root\n"):
+        script = "touch /w/rootfile && chown 0:0 /w/rootfile"
+        mal.docker("run", "--rm", "--volumes-from", first, IMAGE, "sh", "-c", script, user=MAL)
     assert privileged_leftovers(HOME, MAL) == []
 
 
