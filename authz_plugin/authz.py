@@ -36,6 +36,9 @@ class AuthzRequest:
     response_status: int | None = None
     response_body: bytes | None = None
     response_headers: dict[str, str] = field(default_factory=dict)
+    # "TLS" when dockerd took ``user`` from a client certificate (moby's authz middleware);
+    # a certificate without a CN gives an empty user, which is no one, never root.
+    authn_method: str = ""
 
 
 @dataclass(frozen=True)
@@ -97,11 +100,15 @@ def parse_authz(raw: bytes, response: bool) -> AuthzRequest:
     user = data.get("User") or ""
     if not isinstance(user, str):
         raise BadPluginRequest("User is not a string")
+    authn_method = data.get("UserAuthNMethod") or ""
+    if not isinstance(authn_method, str):
+        raise BadPluginRequest("UserAuthNMethod is not a string")
     status = data.get("ResponseStatusCode") if response else None
     if status is not None and not isinstance(status, int):
         raise BadPluginRequest("ResponseStatusCode is not an integer")
     return AuthzRequest(
         user=user,
+        authn_method=authn_method,
         method=method,
         uri=uri,
         headers=_headers(data.get("RequestHeaders"), "RequestHeaders"),

@@ -317,6 +317,13 @@ class Service:
             request = Request(req.method, req.uri, req.headers, req.body)
             return await self._recheck(request, ticket.identity)
         request = Request(req.method, req.uri, req.headers, req.body)
+        if req.authn_method and not req.user:
+            refusal = deny(
+                "unknown_tls_user",
+                "the TLS client certificate names no user (its CN is empty)",
+                "ask an admin for a certificate whose CN is your user name",
+            )
+            return AuthzAnswer(False, refusal.message)
         if not req.user:  # dockerd's unix socket, which only root can reach
             identity = direct_identity()
         else:  # over TCP, dockerd names the client certificate's CN

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from authz_plugin.authz import AuthzRequest
+from authz_plugin.authz import AuthzRequest, parse_authz
 from authz_plugin.gateway.handler import GatewayHandler
 from authz_plugin.gateway.types import Client, Forward, PeerCred, Reply, RequestHead
 from authz_plugin.identities import identity_for_tls_user, identity_for_uid
@@ -304,3 +304,32 @@ async def test_tls_user_gets_their_policy_without_rewrites(
     request = AuthzRequest(user=cn, method=method, uri=f"/v1.41{path}", headers=headers, body=body)
     answer = await service.authz_request(request)
     assert (answer.allow, answer.msg) == (allowed, message)
+
+
+async def test_certificate_without_a_cn_is_no_one_not_root(tmp_path):
+    """dockerd sends User "" with UserAuthNMethod TLS for a CN-less certificate: refused."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    service = Service(PolicyStore(str(policy)), LabelledDocker())  # type: ignore[arg-type]
+    request = AuthzRequest(
+        user="",
+        authn_method="TLS",
+        method="POST",
+        uri="/v1.41/containers/create",
+        headers={"Content-Type": "application/json"},
+        body=PRIVILEGED,
+    )
+    answer = await service.authz_request(request)
+    assert (answer.allow, answer.msg) == (
+        False,
+        "ds01: the TLS client certificate names no user (its CN is empty). To fix: ask an "
+        "admin for a certificate whose CN is your user name",
+    )
+
+
+def test_plugin_request_keeps_the_authentication_method():
+    """UserAuthNMethod is read from dockerd's AuthZ JSON."""
+    raw = json.dumps(
+        {"User": "", "UserAuthNMethod": "TLS", "RequestMethod": "GET", "RequestUri": "/_ping"}
+    ).encode()
+    assert parse_authz(raw, response=False).authn_method == "TLS"
