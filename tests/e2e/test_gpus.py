@@ -168,6 +168,28 @@ def test_device_is_released_on_stop_and_start_reacquires_or_is_refused(gpus):
     assert gpus.docker("start", "r1", user=STUDENT).returncode == 0
 
 
+def test_restart_of_a_regranted_container_is_refused(gpus):
+    """docker restart re-acquires the recorded device like start: a device re-granted to
+    another user while the container was stopped is never shared (issue 11)."""
+    ok = gpus.docker(
+        "run", "-d", "--name", "rs1", "--gpus", "1", IMAGE, "sleep", "300", user=STUDENT
+    )
+    assert ok.returncode == 0, ok.stderr
+    first = env_of(gpus, "rs1")["NVIDIA_VISIBLE_DEVICES"]
+    assert gpus.docker("stop", "-t", "0", "rs1", user=STUDENT).returncode == 0
+    time.sleep(0.5)
+    taken = gpus.docker(
+        "run", "-d", "--name", "rs2", "--gpus", f"device={first}", IMAGE, "sleep", "300", user=OTHER
+    )
+    assert taken.returncode == 0, taken.stderr
+    for door in ({"user": STUDENT}, {"direct": True}):  # the gateway, and the plugin alone
+        refused = gpus.docker("restart", "-t", "0", "rs1", **door)
+        assert refused.returncode != 0
+        assert f"{OTHER}'s container" in refused.stderr, refused.stderr
+        state = json.loads(gpus.docker("inspect", "rs1", direct=True).stdout)[0]["State"]
+        assert not state["Running"]
+
+
 def test_direct_start_cannot_take_a_held_device(gpus):
     """The AuthZ plugin guards starts that bypass the gateway, too."""
     assert (
