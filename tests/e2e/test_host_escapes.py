@@ -234,9 +234,12 @@ def test_a_name_other_than_root_runs_as_the_caller(mal):
     assert out.split() == [str(uid), str(gid)]
 
 
-@pytest.mark.parametrize("who", ["root", "0", "0:0", "1", "root:root", "65534"])
+@pytest.mark.parametrize(
+    "who", ["root", "0", "00", "0:0", "1", "root:root", "65534", ":0", "OWN:0", "OWN:root"]
+)
 def test_root_or_another_uid_is_refused(mal, who):
-    """`-u root`, `-u 0`, another numeric uid: refused, nothing created."""
+    """`-u root`, `-u 0`, another numeric uid, one's own uid with root's group: refused."""
+    who = who.replace("OWN", str(ids(MAL)[0]))
     refused(mal.docker("run", "--rm", "-u", who, IMAGE, "id", "-u", user=MAL))
     assert containers(mal) == []
 
@@ -483,6 +486,7 @@ def test_restart_policy_with_an_inherited_bind_is_refused(mal, policy):
         mal.docker("create", "--restart", policy, "--volumes-from", first, IMAGE, "true", user=MAL)
     )
     second = mal_create(mal, "--volumes-from", first, IMAGE, "true")
+    refused(mal.docker("update", "--restart", policy, first, user=MAL))
     refused(mal.docker("update", "--restart", policy, second, user=MAL))
     assert sorted(containers(mal)) == sorted([first, second])
     assert inspect(mal, second)["HostConfig"]["RestartPolicy"]["Name"] in ("", "no")
@@ -559,6 +563,10 @@ def test_cpu_quota_unlimited_is_refused(mal):
         )
     )
     assert containers(mal) == []
+    cid = mal_create(mal, IMAGE, "true")
+    refused(mal.docker("update", "--cpu-quota", "-1", cid, user=MAL))
+    refused(mal.docker("update", "--cpu-rt-runtime", "1000", cid, user=MAL))
+    assert inspect(mal, cid)["HostConfig"]["CpuQuota"] == 0
 
 
 @pytest.mark.parametrize(
@@ -627,6 +635,17 @@ def test_create_mountpoint_is_refused(mal):
 def test_relabel_options_are_refused(mal, option):
     ok(sh(f"mkdir {HOME}/x"))
     refused(mal.docker("create", "-v", f"{HOME}/x:/w:{option}", IMAGE, "true", user=MAL))
+
+
+@pytest.mark.parametrize("link", ["/etc", "/", "/home", "STACK"])
+def test_symlink_out_of_the_home_at_create_is_refused(mal, link):
+    """A symlink in the home to a path outside it: checked by where it leads, refused."""
+    link = str(mal.base) if link == "STACK" else link
+    ok(sh(f"ln -s {link} {HOME}/e"))
+    refused(mal.docker("create", "-v", f"{HOME}/e:/w", IMAGE, "true", user=MAL))
+    mount = f"type=bind,source={HOME}/e,target=/w"
+    refused(mal.docker("create", "--mount", mount, IMAGE, "true", user=MAL))
+    assert containers(mal) == []
 
 
 def test_bind_source_is_rewritten_to_its_real_path(mal):
