@@ -12,6 +12,7 @@ walk of their home sees only what these tests put there.
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import io
 import json
@@ -39,6 +40,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.e2e]
 MAL, ALICE, BOB, DANA = "e2e-mallory", "e2e-alice", "e2e-bob", "e2e-dana"
 HOME = f"/home/{MAL}"
 SHARED = "/srv/ds01test-shared"
+TEAM = "ds01-e2e-team"  # a supplementary Unix group of mallory's
 NEVER_STARTED = "0001-01-01T00:00:00Z"
 STUDENTS = "members: [e2e-alice, e2e-bob]"
 BASE_POLICY = POLICY.replace(STUDENTS, f"members: [e2e-alice, e2e-bob, {MAL}]")
@@ -164,7 +166,7 @@ def api(user: str, stack: Ds01Stack, method: str, path: str, body: bytes = b"", 
 @pytest.fixture(scope="module")
 def hx(stack, users):
     """The shared stack with mallory as a student; the policy is put back afterwards."""
-    ensure_user(MAL)
+    ensure_user(MAL, groups=(TEAM,))
     os.chmod(HOME, 0o750)  # a home as most distributions make it
     load_policy(stack, BASE_POLICY)
     try:
@@ -221,6 +223,7 @@ def test_container_runs_as_the_caller(mal):
     out = ok(mal.docker("logs", "who", direct=True)).split("\n")
     assert out[0] == str(uid) and out[1] == str(gid)
     assert 0 not in {int(g) for g in out[2].split()}
+    assert grp.getgrnam(TEAM).gr_gid in {int(g) for g in out[2].split()}  # her groups come along
     host = inspect(mal, "who")
     assert host["Config"]["User"] == f"{uid}:{gid}"
     assert any(opt.startswith("no-new-privileges") for opt in host["HostConfig"]["SecurityOpt"])
@@ -378,6 +381,10 @@ def shared():
     for path, mode in ((f"{SHARED}/bob-secret", 0o600), (f"{SHARED}/bobdir", 0o700)):
         os.chown(path, uid, gid)
         os.chmod(path, mode)
+    with open(f"{SHARED}/team-notes", "w") as f:
+        f.write("team notes\n")
+    os.chown(f"{SHARED}/team-notes", 0, grp.getgrnam(TEAM).gr_gid)
+    os.chmod(f"{SHARED}/team-notes", 0o640)
     yield SHARED
     shutil.rmtree(SHARED, ignore_errors=True)
 
@@ -386,11 +393,12 @@ def test_shared_prefix_gives_no_access_to_other_users_files(mal, shared):
     """With a shared bind prefix, the container reads and writes only what mallory could."""
     entry = f'    bind_mounts: ["{{home}}", "{SHARED}"]\n'
     with mallory_policy(mal, entry):
-        script = "cat /s/bob-secret; touch /s/bobdir/pwn; touch /s/pwn; ls /s/bobdir; echo done"
+        script = "cat /s/bob-secret; touch /s/bobdir/pwn; touch /s/pwn; cat /s/team-notes"
         result = mal.docker(
             "run", "--rm", "-v", f"{SHARED}:/s", IMAGE, "sh", "-c", script, user=MAL
         )
         assert "bob's secret" not in result.stdout + result.stderr
+        assert "team notes" in result.stdout  # what her Unix groups let her read, she reads
         # The other user's folder bound on its own: refused, or unreadable all the same.
         direct = mal.docker(
             "run", "--rm", "-v", f"{SHARED}/bobdir:/b", IMAGE, "sh", "-c", "touch /b/pwn2",
@@ -400,7 +408,7 @@ def test_shared_prefix_gives_no_access_to_other_users_files(mal, shared):
         cid = mal_create(mal, "-v", f"{SHARED}:/s", IMAGE, "true")
         out = mal.docker("cp", f"{cid}:/s/bob-secret", "-", user=MAL)
         assert out.returncode != 0 and "bob's secret" not in out.stdout
-    assert sorted(os.listdir(SHARED)) == ["bob-secret", "bobdir"]
+    assert sorted(os.listdir(SHARED)) == ["bob-secret", "bobdir", "team-notes"]
     assert os.listdir(f"{SHARED}/bobdir") == []
 
 
