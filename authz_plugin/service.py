@@ -77,7 +77,7 @@ def facts_from_container(info: dict[str, Any], kind: str = "container") -> Objec
         name=(info.get("Name") or "").lstrip("/"),
         running=bool((info.get("State") or {}).get("Running")),
         labels=labels,
-        details={"HostConfig": info.get("HostConfig") or {}},
+        details={"HostConfig": info.get("HostConfig") or {}, "Mounts": info.get("Mounts") or []},
     )
 
 
@@ -395,8 +395,7 @@ class Service:
         if identity.is_direct:  # root on dockerd's own socket
             return None
         limits = self.policy.limits(identity)
-        host = info.get("HostConfig") or {}
-        problem = start_problem(host, identity, limits, self._state())
+        problem = start_problem(info, identity, limits, self._state())
         if problem is None:
             return None
         name = (info.get("Name") or "").lstrip("/") or info.get("Id", "")[:12]

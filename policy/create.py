@@ -30,7 +30,7 @@ from .decision import Decision, Denied, allow, deny, not_found
 from .identity import Identity
 from .images import check_image_use
 from .limits import Limits
-from .mounts import check_bind_options, host_bind_sources, pin_bind
+from .mounts import check_bind_options, container_bind_sources, host_bind_sources, pin_bind
 from .networks import check_create_networks
 from .ports import check_ports
 from .resources import apply_resources
@@ -84,7 +84,7 @@ def decide_create(
         if image_refusal is not None:
             raise Denied(image_refusal)
         _check_gpu_container(host, gpu_request)
-        _check_restart_with_binds(host)
+        _check_restart_with_binds(host, state)
         check_ports(host, limits, changes)
         _apply_run_as(body, host, identity, limits, changes)
         apply_resources(host, limits, changes, state.host_cpus)
@@ -248,7 +248,7 @@ def _check_host_config(
         )
     if (host.get("VolumeDriver") or "") not in ("", "local"):
         raise refuse("volume_driver", "--volume-driver is not allowed", "drop --volume-driver")
-    if host_bind_sources(host) and not runs_as_user(identity, limits):
+    if _host_binds(host, state) and not runs_as_user(identity, limits):
         raise refuse(
             "run_as_root_binds",
             f"containers of {group} run as root (run_as: root), so they may not mount host "
@@ -385,11 +385,28 @@ def referenced_volumes(body: dict[str, Any]) -> list[str]:
     return names
 
 
-def _check_restart_with_binds(host: dict[str, Any]) -> None:
+def _host_binds(host: dict[str, Any], state: State) -> list[str]:
+    """The host folders a new container would mount: its own binds and those it inherits
+    from the containers in ``--volumes-from``."""
+    sources = host_bind_sources(host)
+    for entry in host.get("VolumesFrom") or []:
+        ref = entry.split(":", 1)[0]
+        for facts in state.related.values():  # by the name given, or the full ID pinned since
+            if facts.kind == "container" and ref in (facts.id, facts.name):
+                sources += container_bind_sources(facts.details)
+                break
+        else:
+            facts = state.related.get(f"container:{ref}")
+            if facts is not None:
+                sources += container_bind_sources(facts.details)
+    return sources
+
+
+def _check_restart_with_binds(host: dict[str, Any], state: State) -> None:
     # dockerd restarts such a container by itself, never asking DS01, so its bind sources
     # would be resolved again unchecked.
     restart = (host.get("RestartPolicy") or {}).get("Name") or "no"
-    if restart not in ("", "no") and host_bind_sources(host):
+    if restart not in ("", "no") and _host_binds(host, state):
         raise refuse(
             "restart_with_binds",
             f"--restart {restart} is not allowed on containers that mount host folders: dockerd "

@@ -20,7 +20,7 @@ from . import networks as network_rules
 from .decision import Decision, Denied, allow, deny, not_found
 from .identity import Identity
 from .limits import Limits
-from .mounts import host_bind_sources
+from .mounts import container_bind_sources
 from .resources import check_update
 from .routes import Route, RouteError, parse_route
 from .run_as import checked_user, runs_as_user
@@ -377,7 +377,7 @@ def _container_update(
 
 
 def _mounts_host(target: ObjectFacts) -> bool:
-    return bool(host_bind_sources(target.details.get("HostConfig") or {}))
+    return bool(container_bind_sources(target.details))
 
 
 def _exec_create(

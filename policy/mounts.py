@@ -66,6 +66,16 @@ def host_bind_sources(host: Mapping[str, Any]) -> list[str]:
     return sources
 
 
+def container_bind_sources(details: Mapping[str, Any]) -> list[str]:
+    """Every host path an existing container mounts: its own binds and, from ``docker
+    inspect``'s top-level ``Mounts``, the binds it inherits through ``--volumes-from``."""
+    sources = host_bind_sources(details.get("HostConfig") or {})
+    for mount in details.get("Mounts") or []:
+        if (mount or {}).get("Type") == "bind" and mount.get("Source"):
+            sources.append(mount["Source"])
+    return list(dict.fromkeys(sources))
+
+
 def pin_bind(source: str, identity: Identity, limits: Limits, state: State) -> str:
     """The path to mount instead of ``source``: its resolved form, once it passed every check.
 
@@ -101,7 +111,7 @@ def check_bind_options(options: Iterable[str], limits: Limits) -> None:
 
 
 def start_problem(
-    host: Mapping[str, Any], identity: Identity, limits: Limits, state: State
+    details: Mapping[str, Any], identity: Identity, limits: Limits, state: State
 ) -> str | None:
     """Why a container may not start now because of its bind mounts, or None.
 
@@ -109,7 +119,7 @@ def start_problem(
     start re-checks that every source still resolves to itself (nothing on its way was
     replaced by a symlink since create), still exists and is still one the user may mount.
     """
-    for source in host_bind_sources(host):
+    for source in container_bind_sources(details):
         normal = posixpath.normpath(source) if source else source
         resolved = state.realpath(normal) if normal else normal
         if resolved != normal:

@@ -112,7 +112,7 @@ def bind_sources(info: dict) -> list[str]:
 
 
 def containers(stack: Ds01Stack) -> list[str]:
-    return stack.docker("ps", "-aq", direct=True).stdout.split()
+    return stack.docker("ps", "-aq", "--no-trunc", direct=True).stdout.split()
 
 
 def ids(user: str) -> tuple[int, int, set[int]]:

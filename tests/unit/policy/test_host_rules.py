@@ -315,17 +315,17 @@ START_ROWS = [
 def test_start_rechecks_every_bind_source(row, limits_of):
     """At every start a bind source must still resolve to itself."""
     _, table, problem = row
-    host = {"Binds": ["/home/alice/proj:/w"], "Mounts": None}
+    host = {"HostConfig": {"Binds": ["/home/alice/proj:/w"], "Mounts": None}}
     assert start_problem(host, ALICE, limits_of(ALICE), _swapped(table)) == problem
 
 
 def test_start_refuses_a_source_gone_or_out_of_policy(limits_of):
     """A removed source, or one the policy no longer allows, stops the start."""
-    gone = {"Binds": ["/home/alice/missing:/w"]}
+    gone = {"HostConfig": {"Binds": ["/home/alice/missing:/w"]}}
     assert start_problem(gone, ALICE, limits_of(ALICE), HOST) == (
         "bind source /home/alice/missing no longer exists"
     )
-    foreign = {"Mounts": [{"Type": "bind", "Source": "/srv/other", "Target": "/w"}]}
+    foreign = {"Mounts": [{"Type": "bind", "Source": "/srv/other", "Destination": "/w"}]}
     assert "outside the paths you may mount" in start_problem(
         foreign, ALICE, limits_of(ALICE), HOST
     )
@@ -574,3 +574,57 @@ def test_every_ds01_label_is_written_so_image_labels_cannot_show_through(limits_
     assert labels["ds01.devices"] == "" and labels["ds01.gpueq"] == ""
     assert labels["ds01.allocated_at"] == "" and labels["ds01.wait"] == ""
     assert labels["ds01.user"] == "alice" and labels["ds01.uid"] == "1001"
+
+
+# ---- binds inherited through --volumes-from ------------------------------------------------
+
+INHERITS = {
+    "HostConfig": {"Binds": None, "VolumesFrom": ["a" * 64]},
+    "Mounts": [{"Type": "bind", "Source": "/home/alice/x", "Destination": "/w"}],
+}
+
+
+def test_start_rechecks_binds_inherited_through_volumes_from(limits_of):
+    """A container given ~/x by --volumes-from is re-checked at start like its source."""
+    state = _swapped({"/home/alice/x": "/etc"})
+    assert start_problem(INHERITS, ALICE, limits_of(ALICE), state) == (
+        "bind source /home/alice/x now resolves to /etc: something on its path was replaced by "
+        "a symlink since the container was created"
+    )
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT"])
+def test_docker_cp_is_refused_on_inherited_host_folders(method, limits_of):
+    """docker cp into a container that inherits a host folder writes as root there: refused."""
+    owned = ObjectFacts(kind="container", id="c" * 64, owner="alice", details=INHERITS)
+    request = Request(method, "/v1.41/containers/c1/archive?path=/w", {}, None)
+    decision = decide(request, ALICE, limits_of(ALICE), State(target=owned))
+    assert decision.code == "archive_binds"
+
+
+def _with_source(name: str = "first") -> dict[str, ObjectFacts]:
+    source = ObjectFacts(
+        kind="container",
+        id="a" * 64,
+        owner="alice",
+        name=name,
+        details={
+            "HostConfig": {"Binds": ["/home/alice/x:/w"]},
+            "Mounts": [{"Type": "bind", "Source": "/home/alice/x", "Destination": "/w"}],
+        },
+    )
+    return {f"container:{name}": source}
+
+
+def test_inherited_bind_counts_as_a_host_folder_at_create(limits_of):
+    """--volumes-from a container with a host folder: no restart policy, no run_as: root."""
+    body = cli_create_body(VolumesFrom=["first"], RestartPolicy={"Name": "always"})
+    state = State(related=_with_source(), realpath=_realpath, exists=_exists)
+    refused = decide(create_request(body), ALICE, limits_of(ALICE), state)
+    assert refused.code == "restart_with_binds"
+    root = decide(create_request(cli_create_body(VolumesFrom=["first"])), ALICE,
+                  resolve(RUN_AS_ROOT, ALICE), state)  # fmt: skip
+    assert root.code == "run_as_root_binds"
+    plain = decide(create_request(cli_create_body(VolumesFrom=["first"])), ALICE,
+                   limits_of(ALICE), state)  # fmt: skip
+    assert plain.allowed and plain.body["HostConfig"]["VolumesFrom"] == ["a" * 64]
