@@ -43,7 +43,15 @@ from policy.lifecycle import Stop, Warn
 from policy.limits import resolve
 from policy.loader import parse_policy
 from tests.conftest import require_docker
-from tests.harness import BUSYBOX_TAG, PrivateDockerd, docker_binary, import_busybox_image
+from tests.harness import (
+    BUSYBOX_TAG,
+    FAKE_HOOK_RECORD_ENV,
+    PrivateDockerd,
+    default_record_path,
+    docker_binary,
+    import_busybox_image,
+    install_fake_hook,
+)
 from tests.unit.allocator.fake_pynvml import FakeGpu, FakeNvml, FakeProcess
 
 CID = "0123456789ab" + "c" * 52
@@ -61,6 +69,8 @@ users:
   runner: {idle_timeout: null, max_runtime: 8s}
   gone: {container_hold_after_stop: 2s}
   waiter: {max_gpus: 1, allow_full_gpu: true, gpu_wait: 1m}
+  gpu: {max_gpus: 1, allow_full_gpu: true}
+  gpuidle: {max_gpus: 1, allow_full_gpu: true}
 exemptions:
   - {user: exempt, until: '2099-12-31', reason: integration test}
   - {user: dry, until: '2099-12-31', reason: watched by the dry run only}
@@ -78,6 +88,17 @@ users:
 BUSY_LOOP = ["sh", "-c", "while :; do :; done"]
 BUSY_GPU = "GPU-b0000000-0000-0000-0000-000000000000"  # NVML shows a process on it
 IDLE_GPU = "GPU-10000000-0000-0000-0000-000000000000"
+
+
+def gpu_container(uuid: str) -> tuple[dict[str, str], dict[str, Any]]:
+    """Labels and HostConfig of a container DS01 gave ``uuid``: the reconcile trusts a
+    ``ds01.devices`` claim only when dockerd really gives the container those devices
+    (``HostConfig.DeviceRequests``) and its owner's quota allows them (issue 11), so a bare
+    label would leave the GPU free and the waiting create would get it at once."""
+    request = {"Driver": "nvidia", "DeviceIDs": [uuid], "Capabilities": [["gpu"]]}
+    return {"ds01.devices": uuid}, {"DeviceRequests": [request]}
+
+
 # A tenth of a CPU: far above idle_cpu_percent (2%), without starving a two-core machine.
 TENTH_CPU = {"NanoCpus": 100_000_000}
 
@@ -91,18 +112,8 @@ CONTAINERS: dict[str, tuple[list[str], dict[str, str], dict[str, Any], bool]] = 
     "gone": (["true"], {}, {}, True),
     "never": (["sleep", "3600"], {}, {}, False),
     "exempt": (["sleep", "3600"], {}, {}, True),
-    "gpu": (
-        ["sleep", "3600"],
-        {"ds01.devices": "GPU-b0000000-0000-0000-0000-000000000000"},
-        {},
-        True,
-    ),
-    "gpuidle": (
-        ["sleep", "3600"],
-        {"ds01.devices": "GPU-10000000-0000-0000-0000-000000000000"},
-        {},
-        True,
-    ),
+    "gpu": (["sleep", "3600"], *gpu_container(BUSY_GPU), True),
+    "gpuidle": (["sleep", "3600"], *gpu_container(IDLE_GPU), True),
     "dry": (["sleep", "3600"], {}, {}, True),
 }
 STOPPED = {"idler", "gpuidle", "runner"}
@@ -147,13 +158,21 @@ def two_gpus() -> Inventory:
 
 @pytest.fixture(scope="module")
 def dockerd() -> Iterator[PrivateDockerd]:
-    """A private dockerd of this module's own: the loop acts on every ds01.user container."""
+    """A private dockerd of this module's own: the loop acts on every ds01.user container.
+
+    The fake NVIDIA hook is on its PATH so containers with GPU DeviceRequests start."""
     require_docker()
     # Not tempfile.mkdtemp: its names may end in "_", which the containerd namespace derived
     # from the directory name must not (dockerd then refuses every container start).
     base = Path("/tmp") / f"ds01lc-{uuid.uuid4().hex[:10]}"
     base.mkdir()
-    daemon = PrivateDockerd(base)
+    hook_dir = base / "hook"
+    install_fake_hook(hook_dir)
+    daemon = PrivateDockerd(
+        base,
+        extra_path=[str(hook_dir)],
+        env={FAKE_HOOK_RECORD_ENV: default_record_path(hook_dir)},
+    )
     try:
         daemon.start()
         import_busybox_image(daemon.host, BUSYBOX_TAG)
@@ -245,8 +264,9 @@ async def test_lifecycle_warns_stops_and_removes(dockerd: PrivateDockerd, tmp_pa
         made = await asyncio.gather(*(create(client, name) for name in CONTAINERS))
         ids = dict(zip(CONTAINERS, made, strict=True))
         life.keepalive(ids["caller"])
-        # The broker follows dockerd (ledger rebuilt from the ds01.devices labels: both GPUs
-        # held); a create waits for a GPU, and gets the one the idle container gives back.
+        # The broker follows dockerd (ledger rebuilt from the ds01.devices claims, each backed
+        # by DeviceRequests and its owner's quota: both GPUs held); a create waits for a GPU,
+        # and gets the one the idle container gives back.
         events = EventWatcher(client, broker, time.time)
         tasks = [asyncio.create_task(events.follow())]
         await asyncio.wait_for(events.connected.wait(), 10)
