@@ -123,11 +123,17 @@ def test_tls_user_gets_their_own_policy(tls_stack):
     assert theirs.returncode == 0, theirs.stderr
 
     assert as_cert(tls_stack, TLS_USER, "version").returncode == 0
-    for action in ("start", "stop"):  # her own container, no rewrite needed
-        done = as_cert(tls_stack, TLS_USER, action, "tina-box")
+    full_id = mine.stdout.strip()
+    for action in ("start", "stop"):  # her own container, named by its full ID: no rewrite
+        done = as_cert(tls_stack, TLS_USER, action, full_id)
         assert done.returncode == 0, done.stderr
-    seen = as_cert(tls_stack, TLS_USER, "inspect", "-f", "{{.Name}}", "tina-box")
+    seen = as_cert(tls_stack, TLS_USER, "inspect", "-f", "{{.Name}}", full_id)
     assert (seen.returncode, seen.stdout.strip()) == (0, "/tina-box")
+    # By name dockerd would resolve the reference again after DS01's check (a rename loop could
+    # point it at another container), and the plugin cannot forward the full ID: refused.
+    by_name = as_cert(tls_stack, TLS_USER, "start", "tina-box")
+    assert by_name.returncode != 0
+    assert "must be adjusted by DS01" in by_name.stderr and "gateway" in by_name.stderr
 
     for action in ("start", "rm"):  # someone else's container looks missing
         refused = as_cert(tls_stack, TLS_USER, action, "root-box")
