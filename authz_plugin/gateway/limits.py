@@ -28,6 +28,12 @@ HEAD_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 120.0
 BODY_STALL_S = 30.0
 BODY_BYTES_PER_UID = 16 * 2**20
+# A request refused while its body is still coming (a build context, a `docker load` tar) is
+# answered first, then the rest of its body is read and dropped until it ends, so the client's
+# writes do not fail with a broken pipe before it reads the answer. Nothing read is kept; the
+# bounds cap the time and reading a client that ignores the answer can cost.
+DISCARD_BYTES = 64 * 2**20
+DISCARD_S = 10.0
 # The fallback when the open-file limit is unlimited or unreadable.
 _NOFILE_FALLBACK = 65536
 
@@ -79,6 +85,8 @@ class GatewayLimits:
     idle_timeout: float = IDLE_TIMEOUT_S
     body_stall: float = BODY_STALL_S
     body_bytes_per_uid: int = BODY_BYTES_PER_UID
+    discard_bytes: int = DISCARD_BYTES
+    discard_time: float = DISCARD_S
 
     def total_connections(self) -> int:
         if self.total is not None:

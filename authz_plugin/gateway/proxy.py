@@ -55,6 +55,9 @@ _HANGUP_POLL_S = 1.0
 # Most answers take milliseconds: watching the client for a hang-up (a task and a pending read)
 # only pays off on long ones (logs -f, events, pull), so the watch starts after a moment.
 _WATCH_AFTER_S = 0.2
+# Closing after an error whose request framing is unknown (a stalled or malformed head): read
+# what the client still sends for this long, this much. A refused body whose framing is known
+# is read to its end instead, within GatewayLimits.discard_*.
 _LINGER_S = 2.0
 _LINGER_BYTES = 1024 * 1024
 # A refused connection is answered, half-closed and read from briefly so the client sees the
@@ -367,6 +370,9 @@ class _Connection:
         self.children: set[asyncio.Task[Any]] = set()
         self.aborted: str | None = None
         self.linger = False
+        # The parser of a request whose body was left unread by a refusal: the lingering
+        # close reads that body to its end, so the client finishes sending and sees our answer.
+        self.unread: h11.Connection | None = None
         writer.transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -423,21 +429,37 @@ class _Connection:
             transport.abort()
 
     async def _lingering_close(self) -> None:
-        """Half-close, then read what the client still sends, so it sees our error, not a reset."""
+        """Half-close, then read and drop what the client still sends, so it sees our answer.
+
+        A client still uploading a body we refused (a build context, an image tar) would get
+        EPIPE on its next write if we closed now, and report "broken pipe" instead of the
+        answer already waiting in its receive buffer. When the request's framing is known
+        (``unread``) we read until its body ends, within GatewayLimits' discard bounds;
+        otherwise briefly. Nothing read is kept, and the connection holds its admission slot
+        (its user's connection cap) until this ends.
+        """
         with contextlib.suppress(OSError, RuntimeError):
             if self.writer.can_write_eof():
                 self.writer.write_eof()
-        deadline = time.monotonic() + _LINGER_S
+        parser, self.unread = self.unread, None
+        if parser is not None:
+            limit, seconds = self.limits.discard_bytes, self.limits.discard_time
+        else:
+            limit, seconds = _LINGER_BYTES, _LINGER_S
+        data = bytes(self.ahead)
+        self.ahead.clear()
         drained = 0
         with contextlib.suppress(OSError, TimeoutError):
-            while drained < _LINGER_BYTES and not self.client_eof:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                data = await asyncio.wait_for(self.reader.read(READ_SIZE), left)
-                if not data:
-                    break
-                drained += len(data)
+            async with asyncio.timeout(seconds):
+                while True:
+                    if parser is not None and data and _body_ends(parser, data):
+                        return
+                    if drained >= limit or self.client_eof:
+                        return
+                    data = await self.reader.read(READ_SIZE)
+                    if not data:
+                        return
+                    drained += len(data)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -629,6 +651,7 @@ class _Connection:
             self._finish_request(parser)
         elif limit is not None:
             if length is not None and length > limit:
+                self.unread = parser
                 await self._fail(413, _too_large(limit), head_only=head_only)
                 return False
             body = await self._read_body(parser, limit, head_only)
@@ -642,8 +665,11 @@ class _Connection:
             return False
         body_done = not has_body or body is not None
         if isinstance(action, Reply):
-            # An unread streamed body leaves the connection's framing unknown: close it.
+            # An unread streamed body leaves the connection's framing unknown: close it, but
+            # only once the client has finished sending that body (see _lingering_close).
             keep = body_done and not close
+            if not body_done:
+                self.linger, self.unread = True, parser
             await self._reply(action, head_only=head_only, close=not keep)
             return keep
         if not isinstance(action, Forward):
@@ -744,12 +770,14 @@ class _Connection:
                         return None
                 elif isinstance(event, h11.Data):
                     if size + len(event.data) > limit:
+                        self.unread = parser
                         await self._fail(413, _too_large(limit), head_only=head_only)
                         return None
                     # Bodies being buffered count against their user's budget, so one user's
                     # half-sent bodies cost the gateway a bounded amount of memory.
                     refusal = admission.charge_body(uid, len(event.data))
                     if refusal is not None:
+                        self.unread = parser
                         await self._fail(refusal.status, refusal.message, head_only=head_only)
                         return None
                     size += len(event.data)
@@ -812,7 +840,7 @@ class _Exchange:
             if unread:
                 # The handler replaced a body we never read: the connection cannot be reused.
                 self.keep_client = False
-                conn.linger = True
+                conn.linger, conn.unread = True, parser
         elif buffered is not None:
             self.send_body = buffered
         elif has_body:
@@ -1070,7 +1098,7 @@ class _Exchange:
             # dockerd answered before taking the whole body: neither side can be reused,
             # and the client, perhaps still sending, should read our answer, not a reset.
             self.keep_client = self.reuse_up = False
-            conn.linger = True
+            conn.linger, conn.unread = True, self.parser
         return True
 
     async def _answer_via_handler(
@@ -1348,6 +1376,26 @@ class _ChunkScanner:
                 if self._trailers > _MAX_TRAILERS:
                     raise _BadChunking("trailers too long")
         return end
+
+
+def _body_ends(parser: h11.Connection, data: bytes) -> bool:
+    """Feed a request parser more of a body we are discarding; True once the body has ended.
+
+    A body whose framing breaks counts as ended: there is nothing more to wait for.
+    """
+    try:
+        parser.receive_data(data)
+    except RuntimeError:  # the parser already saw the client's end of file
+        return True
+    while True:
+        try:
+            event = parser.next_event()
+        except h11.RemoteProtocolError:
+            return True
+        if event is h11.NEED_DATA:
+            return False
+        if not isinstance(event, h11.Data):  # EndOfMessage, or PAUSED after it
+            return True
 
 
 def _head_bytes(status: int, reason: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:

@@ -113,6 +113,45 @@ def test_build_cgroup_parent_is_refused(clean, context):
     assert "--cgroup-parent is chosen by DS01" in result.stderr, result.stderr
 
 
+@pytest.fixture(scope="module")
+def big_context():
+    """A build context far larger than the socket buffers: refused while still uploading."""
+    base = Path(tempfile.mkdtemp(prefix="ds01-bigctx-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    (base / "Dockerfile").write_text(DOCKERFILE)
+    (base / "blob").write_bytes(os.urandom(32 * 2**20))
+    for path in base.iterdir():
+        os.chmod(path, 0o644)
+    return base
+
+
+def test_refusal_reaches_a_build_still_uploading_its_context(clean, big_context):
+    """The gateway refuses on the head, then reads the context to its end before closing, so
+    the CLI shows the refusal, not "write: broken pipe"."""
+    result = build(
+        clean, BOB, "--cgroup-parent", f"/ds01/{ALICE}", buildkit=False, context=big_context
+    )
+    assert result.returncode != 0
+    assert "broken pipe" not in result.stderr, result.stderr
+    assert "--cgroup-parent is chosen by DS01" in result.stderr, result.stderr
+
+
+def test_refusal_reaches_docker_load_of_a_real_image(clean):
+    """docker load is for admins: a user's upload of a saved image (megabytes of layers)
+    gets that answer, not a broken pipe."""
+    tar = f"/home/{BOB}/saved.tar"
+    saved = clean.docker("save", "-o", tar, IMAGE, user=BOB)
+    assert saved.returncode == 0, saved.stderr
+    try:
+        assert os.path.getsize(tar) > 1_000_000
+        result = clean.docker("load", "-i", tar, user=BOB)
+        assert result.returncode != 0
+        assert "broken pipe" not in result.stderr, result.stderr
+        assert "docker load is for admins" in result.stderr, result.stderr
+    finally:
+        os.unlink(tar)
+
+
 def test_buildkit_direct_api_is_refused(stack):
     """POST /grpc (buildx's docker driver) carries entitlements DS01 cannot read."""
     headers = {"Upgrade": "h2c", "Connection": "Upgrade"}
