@@ -126,6 +126,15 @@ class Ledger:
         self._by_device: dict[str, str] = {}
         self._by_container: dict[str, str] = {}
         self._ids = itertools.count(1)
+        # Change counter, and the count at each allocation's last change: a rebuild from a
+        # snapshot taken at ``version`` V keeps what changed after V (see ``rebuild``).
+        self._version = 0
+        self._changed: dict[str, int] = {}
+
+    @property
+    def version(self) -> int:
+        """Grows with every change; a mark for ``rebuild(since=...)``."""
+        return self._version
 
     # ------------------------------------------------------------------ queries
 
@@ -370,8 +379,15 @@ class Ledger:
         hold_for: Callable[[str], float | None] | float | None = 0.0,
         priority_for: Callable[[str], int] | None = None,
         limits_for: Callable[[str, int | None], Limits] | None = None,
+        since: int | None = None,
     ) -> list[Conflict]:
         """Replace the ledger with the containers' verified claims; keep creates in flight.
+
+        ``since``: the ``version`` when the listing of ``containers`` began. Listing and
+        inspecting take time while creates go on; what the ledger bound, stopped or
+        reacquired after that mark is newer than the listing (a container created after it
+        is missing from it) and is kept as it is, its containers' listed claims ignored.
+        Without it, a container bound meanwhile would lose its devices to the next create.
 
         Returns the conflicts found (claims dockerd does not back, two containers claiming
         one device, claims beyond the owner's quota from ``limits_for``, GPU containers
@@ -380,19 +396,29 @@ class Ledger:
         from .reconcile import reconstruct
 
         reserved = [a for a in self._allocs.values() if a.state is State.RESERVED]
+        newer = [
+            a
+            for a in self._allocs.values()
+            if a.state is not State.RESERVED
+            and since is not None
+            and self._changed.get(a.reservation_id, 0) > since
+        ]
+        fresh = {a.container_id for a in newer}
         allocations, conflicts = reconstruct(
-            containers,
+            [c for c in containers if c.id not in fresh],
             self.inventory,
             reserved,
             now,
             hold_for=hold_for,
             priority_for=priority_for,
             limits_for=limits_for,
+            held=newer,
         )
         self._allocs.clear()
         self._by_device.clear()
         self._by_container.clear()
-        for alloc in allocations:
+        self._changed.clear()
+        for alloc in [*newer, *allocations]:
             self._put(alloc)
         return conflicts
 
@@ -461,6 +487,8 @@ class Ledger:
         if old is not None:
             self._unindex(old)
         self._allocs[alloc.reservation_id] = alloc
+        self._version += 1
+        self._changed[alloc.reservation_id] = self._version
         for uuid in alloc.devices:
             self._by_device[uuid] = alloc.reservation_id
         if alloc.container_id is not None:
@@ -470,6 +498,8 @@ class Ledger:
     def _drop(self, alloc: Allocation) -> Allocation:
         self._unindex(alloc)
         del self._allocs[alloc.reservation_id]
+        self._changed.pop(alloc.reservation_id, None)
+        self._version += 1
         return replace(alloc, state=State.RELEASED)
 
     def _unindex(self, alloc: Allocation) -> None:

@@ -47,8 +47,11 @@ class EventWatcher:
         if self.broker is None:
             return
         self._last_reconcile = self.clock()
+        # Creates go on while dockerd is listed and inspected: what the ledger records
+        # after this mark is newer than the listing and survives the rebuild.
+        mark = self.broker.ledger.version
         summaries = await container_summaries(self.docker)
-        self.broker.rebuild(summaries, self.clock())
+        self.broker.rebuild(summaries, self.clock(), since=mark)
 
     def request_reconcile(self) -> None:
         """A full reconcile soon: now if none ran for a while, else one at the interval's end.

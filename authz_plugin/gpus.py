@@ -354,9 +354,14 @@ class GpuBroker:
         if changed or len(self.queue):
             self.dispatch()
 
-    def rebuild(self, containers: list[ContainerSummary], now: float) -> list[Conflict]:
-        """Replace the ledger with the containers' verified claims (see allocator.reconcile)."""
-        conflicts = self.ledger.rebuild(containers, now, **self._rules())
+    def rebuild(
+        self, containers: list[ContainerSummary], now: float, since: int | None = None
+    ) -> list[Conflict]:
+        """Replace the ledger with the containers' verified claims (see allocator.reconcile).
+
+        ``since``: ``ledger.version`` when the listing began; what changed after it stays.
+        """
+        conflicts = self.ledger.rebuild(containers, now, since=since, **self._rules())
         self._report(conflicts, fresh=True)
         self.dispatch()
         return self.conflicts
