@@ -7,6 +7,12 @@ container's use counts against the other's.
 
 Every cgroup here belongs to a user name made up for the test (``ds01cg-<random>``), so the
 processes in it are this test's own; teardown kills them and removes the cgroups.
+
+They live under a parent of their own, ``/ds01-kernel-tests``, not ``/ds01``: any ds01d on the
+host (another test run's stack) rewrites every user under ``/ds01`` with its own policy on each
+policy reload (``UserCgroups.refresh``), which replaced these tests' 0.5 CPU and 20/30 pids with
+that policy's defaults mid-test. What is checked, the kernel enforcing what the manager wrote,
+does not depend on the parent's name.
 """
 
 from __future__ import annotations
@@ -25,12 +31,15 @@ from pathlib import Path
 
 import pytest
 
+from authz_plugin import cgroups
 from authz_plugin.cgroups import LIMIT_CONTROLLERS, CgroupfsManager
-from policy.slices import cgroup_parent, cgroupfs_dir_name
+from policy.slices import CGROUPFS_ROOT, cgroup_parent, cgroupfs_dir_name
 from tests.harness.dockerd import PrivateDockerd
 
 MIB = 2**20
 LIMITS = {"cpus": 0.5, "memory": 64 * MIB, "pids": 20}
+# The tests' parent, out of reach of a running ds01d (see the module docstring).
+TEST_PARENT = "ds01-kernel-tests"
 
 
 def require_cgroups() -> None:
@@ -45,6 +54,23 @@ def require_cgroups() -> None:
     if os.environ.get("CI"):
         pytest.fail(f"cgroup tests cannot run on CI: {reason}")
     pytest.skip(reason)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _private_parent() -> Iterator[None]:
+    """Put the managers' ``/ds01`` at TEST_PARENT for this module; remove it afterwards."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cgroups, "PARENT", TEST_PARENT)
+        yield
+    if os.geteuid() == 0 and os.path.isdir("/sys/fs/cgroup"):
+        for point in CgroupfsManager().hierarchies().values():
+            with contextlib.suppress(OSError):  # still in use by a concurrent run: it stays
+                (point / TEST_PARENT).rmdir()
+
+
+def parent_of(user: str) -> str:
+    """The cgroup parent a container of the test ``user`` is created with."""
+    return f"/{TEST_PARENT}/{cgroupfs_dir_name(user)}"
 
 
 @pytest.fixture
@@ -86,6 +112,11 @@ def _test_user(manager: CgroupfsManager, aggregate: dict) -> Iterator[str]:
     user = f"ds01cg-{uuid.uuid4().hex[:8]}"
     try:
         assert manager.ensure_user(user, aggregate) == []
+        # Where a ds01d's policy reload would find it and rewrite its limits: not there.
+        assert all(
+            p.is_dir() and not (p.parent.parent / CGROUPFS_ROOT.strip("/") / p.name).exists()
+            for p in manager.paths(user).values()
+        )
         yield user
     finally:
         _kill_all(manager, user)
@@ -300,7 +331,7 @@ def test_two_containers_share_the_users_parent_and_its_limits(
     aggregate = {"cpus": 1, "memory": 84 * MIB, "pids": 30}
     names: list[str] = []
     with _test_user(manager, aggregate) as user:
-        parent = cgroup_parent("cgroupfs", user, "students")
+        parent = parent_of(user)
         try:
             for tag in ("a", "b"):
                 names.append(f"{user}-{tag}")
