@@ -76,8 +76,8 @@ def add_commands(
     )
     init = proj.add_parser("init", help=_summary("project init"))
     init.add_argument("name", help="lowercase letters, digits, - _ . (becomes the folder name)")
-    init.add_argument("--template", "-t", default=projects.DEFAULT_TEMPLATE,
-                      help=f"what the Dockerfile starts from (default {projects.DEFAULT_TEMPLATE})")  # fmt: skip
+    init.add_argument("--template", "-t", help="what the Dockerfile starts from (default: the "
+                      f"lab's first template, else {projects.DEFAULT_TEMPLATE})")  # fmt: skip
     init.add_argument("--dir", help="where to create it (default ~/NAME)")
     init.add_argument("--base-image", help="replace the template's base image")
     init.add_argument("--gpus", default="1", help="the --gpus the container asks for (default 1)")
@@ -184,10 +184,11 @@ def _setup(args: argparse.Namespace, deps: _Deps) -> int:
 def _project_init(args: argparse.Namespace, deps: _Deps) -> int:
     _, home = _me()
     templates = projects.list_templates(projects.template_dirs(args.templates))
-    template = templates.get(args.template)
+    chosen = args.template or projects.default_template(templates)
+    template = templates.get(chosen)
     if template is None:
         raise deps.failure(
-            f"no template {args.template!r}. To fix: pick one of {', '.join(templates)} "
+            f"no template {chosen!r}. To fix: pick one of {', '.join(templates)} "
             "(ds01 project templates)"
         )
     folder = Path(args.dir or os.path.join(home, args.name)).expanduser().absolute()

@@ -96,7 +96,7 @@ def devcontainer(ask: Prompter, tools: Tools) -> int:
     template = ask.select(
         "Template:",
         [(t.name, f"{t.name}: {t.description}") for t in templates.values()],
-        projects.DEFAULT_TEMPLATE if projects.DEFAULT_TEMPLATE in templates else min(templates),
+        projects.default_template(templates),
     )
     folder = Path(tools.home) / name
     for path in projects.init_project(name, folder, templates[template]):

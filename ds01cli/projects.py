@@ -87,6 +87,14 @@ def list_templates(dirs: Iterable[Path]) -> dict[str, Template]:
     return found
 
 
+def default_template(templates: Mapping[str, Template]) -> str:
+    """The lab's first template if it has any (its own come first), else the built-in default."""
+    lab = [name for name, t in templates.items() if not t.builtin]
+    if lab:
+        return lab[0]
+    return DEFAULT_TEMPLATE if DEFAULT_TEMPLATE in templates else min(templates)
+
+
 def devcontainer_config(name: str, gpus: str | None) -> dict:
     """The devcontainer.json for project ``name``: built from ../Dockerfile, runs as the user."""
     run_args = ["--label", f"{PROJECT_LABEL}={name}"]

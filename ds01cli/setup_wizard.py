@@ -139,9 +139,7 @@ def _make_project(
 ) -> int:
     name = opts.project or ask.text("Project name:", "my-first-project")
     templates = projects.list_templates(projects.template_dirs(opts.templates_dir))
-    default = opts.template or (
-        projects.DEFAULT_TEMPLATE if projects.DEFAULT_TEMPLATE in templates else min(templates)
-    )
+    default = opts.template or projects.default_template(templates)
     template_name = opts.template or ask.select(
         "Template (the Dockerfile it starts from):",
         [(t.name, f"{t.name}: {t.description}") for t in templates.values()],
