@@ -61,6 +61,7 @@ have docker-compose || extra+=(docker-compose)
 have systemd-analyze || extra+=(systemd)
 have docker-registry || extra+=(docker-registry)  # a local registry for push/pull tests
 have shellcheck || extra+=(shellcheck)            # lints packaging/*.sh in the tests
+have tmux || extra+=(tmux)                        # a real terminal for the ds01 setup tests
 if [ "${#extra[@]}" -gt 0 ]; then
     log "installing ${extra[*]}"
     apt_install "${extra[@]}"
