@@ -115,6 +115,32 @@ def add_commands(
     sub._ds01_deps = deps  # type: ignore[attr-defined]  # finish() finds the root parser here
 
 
+def container_projects(socket_path: str) -> dict[str, str]:
+    """Container ID -> project name, from the labels the gateway shows this user; empty when
+    the listing fails (a project name is a courtesy, never a reason to fail a command)."""
+    import http.client
+    import json
+    import socket
+
+    class Conn(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(10)
+            self.sock.connect(socket_path)
+
+    conn = Conn("localhost", timeout=10)
+    try:
+        conn.request("GET", "/containers/json?all=1")
+        rows = json.loads(conn.getresponse().read())
+    except (OSError, ValueError):
+        return {}
+    finally:
+        conn.close()
+    if not isinstance(rows, list):
+        return {}
+    return {r.get("Id", ""): projects.project_of(r.get("Labels")) for r in rows}
+
+
 def finish(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Write help texts into the whole parser, add ``--version``; call after every command is in."""
     parser.add_argument("--version", action="version", version=f"ds01 {manners.version()}")
