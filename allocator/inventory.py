@@ -1,7 +1,7 @@
 """What GPUs and MIG instances this host has: value types, and the YAML inventory file.
 
 A whole GPU is allocatable only when it is not split into MIG instances; then its MIG
-instances are. NVML discovery lives in ``allocator.nvml``; both produce an ``Inventory``.
+instances are. NVML discovery lives in ``ds01d.host.nvml`` (hardware I/O); both produce an ``Inventory``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import yaml
 
-from policy.units import UnitError, parse_size
+from formats.units import UnitError, parse_size
 
 DeviceKind = Literal["gpu", "mig"]
 
@@ -313,21 +313,3 @@ def _size(value: Any, where: str) -> int:
     if size is None:
         raise InventoryError(f"{where}: expected a size like 80g, got null")
     return size
-
-
-# ----------------------------------------------------------------------------- --inventory
-
-
-def load_inventory(spec: str) -> Inventory:
-    """The inventory for ``ds01d --inventory FILE|auto|none``.
-
-    ``auto`` asks NVML and, where there is no NVIDIA driver, gives an empty inventory whose
-    ``problems`` say why; ``none`` is an empty inventory (GPU requests are refused).
-    """
-    if spec == "none":
-        return Inventory(source="none")
-    if spec == "auto":
-        from .nvml import nvml_inventory  # lazy: hosts without NVIDIA never import pynvml
-
-        return nvml_inventory()
-    return load_inventory_file(spec)

@@ -12,18 +12,17 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from formats.labels import allocation_labels
+
 from . import quota as quotas
 from . import refusal
 from .inventory import Device, Gpu, Inventory
-from .labels import allocation_labels
 from .plan import plan
-from .quota import Quota, Usage
+from .quota import Quota, QuotaLimits, Usage
 from .refusal import Holder, Refusal
 from .request import GpuRequest
 
 if TYPE_CHECKING:
-    from policy.limits import Limits
-
     from .reconcile import Conflict, ContainerSummary
 
 
@@ -204,7 +203,7 @@ class Ledger:
         user: str,
         uid: int | None,
         group: str,
-        limits: Limits,
+        limits: QuotaLimits,
         request: GpuRequest,
         now: float,
         *,
@@ -313,7 +312,7 @@ class Ledger:
         uid: int | None,
         group: str,
         now: float,
-        limits: Limits | None = None,
+        limits: QuotaLimits | None = None,
     ) -> Allocation | Refusal:
         """The container starts: it gets its recorded devices back if they are free.
 
@@ -378,7 +377,7 @@ class Ledger:
         *,
         hold_for: Callable[[str], float | None] | float | None = 0.0,
         priority_for: Callable[[str], int] | None = None,
-        limits_for: Callable[[str, int | None], Limits] | None = None,
+        limits_for: Callable[[str, int | None], QuotaLimits] | None = None,
         since: int | None = None,
     ) -> list[Conflict]:
         """Replace the ledger with the containers' verified claims; keep creates in flight.
@@ -429,7 +428,7 @@ class Ledger:
         *,
         hold_for: Callable[[str], float | None] | float | None = 0.0,
         priority_for: Callable[[str], int] | None = None,
-        limits_for: Callable[[str, int | None], Limits] | None = None,
+        limits_for: Callable[[str, int | None], QuotaLimits] | None = None,
     ) -> list[Conflict]:
         """Record one container's claim by the rules of ``rebuild``, leaving the rest as is.
 

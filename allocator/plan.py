@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from policy.units import format_size
+from formats.units import format_size
 
 from . import quota as quotas
 from . import refusal

@@ -7,22 +7,18 @@ them in the ledger, then reserves for the higher-priority request.
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import TYPE_CHECKING
 
 from .ledger import Allocation, Ledger, State
 from .plan import Busy, plan
-from .quota import Quota
+from .quota import Quota, QuotaLimits
 from .refusal import Refusal
 from .request import GpuRequest
-
-if TYPE_CHECKING:
-    from policy.limits import Limits
 
 
 def preemption_plan(
     ledger: Ledger,
     user: str,
-    limits: Limits,
+    limits: QuotaLimits,
     request: GpuRequest,
     now: float,
     idle: Collection[str],

@@ -16,18 +16,16 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from policy.units import UnitError, parse_duration
+from formats.units import UnitError, parse_duration
 
 from .inventory import Device
 from .placement import pick
 from .plan import eligible, permitted_kinds, pool
-from .quota import Quota
+from .quota import Quota, QuotaLimits
 from .refusal import Refusal
 from .request import GpuRequest
 
 if TYPE_CHECKING:
-    from policy.limits import Limits
-
     from .ledger import Allocation, Ledger, Reservation
 
 
@@ -41,7 +39,7 @@ class Ticket:
     group: str
     priority: int
     request: GpuRequest
-    limits: Limits
+    limits: QuotaLimits
     enqueued_at: float
     deadline: float | None = None  # give up at this time; None = wait until removed
 
@@ -198,7 +196,7 @@ def wait_seconds(label: str | None, policy_wait: float | None) -> float | None:
     """How long a create may wait: the policy's ``gpu_wait``, shortened by a ``ds01.wait`` label.
 
     None = without limit. A label cannot wait longer than the policy allows. Raises
-    ``policy.units.UnitError`` for a label that is not a duration (the gateway denies it).
+    ``formats.units.UnitError`` for a label that is not a duration (the gateway denies it).
     """
     if label is None:
         return policy_wait

@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from . import refusal
 from .inventory import Device, short_uuid
 from .placement import GPUEQ_EPSILON
 from .refusal import Refusal
 
-if TYPE_CHECKING:
-    from policy.limits import Limits
+
+class QuotaLimits(Protocol):
+    """The GPU keys the allocator reads from a user's limits (``policy.limits.Limits`` has them).
+
+    A Protocol, so the allocator below the policy never imports it; None = unlimited.
+    """
+
+    @property
+    def is_admin(self) -> bool: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def max_gpus(self) -> int | None: ...
+    @property
+    def max_mig_instances(self) -> int | None: ...
+    @property
+    def max_gpu_equivalents(self) -> float | None: ...
+    @property
+    def max_gpus_per_container(self) -> int | None: ...
+    @property
+    def allow_full_gpu(self) -> bool: ...
+    @property
+    def allowed_mig_profiles(self) -> Collection[str] | None: ...
 
 
 @dataclass(frozen=True)
@@ -29,7 +50,7 @@ class Quota:
     admin: bool = False
 
     @classmethod
-    def from_limits(cls, limits: Limits) -> Quota:
+    def from_limits(cls, limits: QuotaLimits) -> Quota:
         if limits.is_admin:
             # Admins are not rationed, but still never get a device someone else holds.
             return cls(None, None, None, None, True, None, int(limits.priority), admin=True)

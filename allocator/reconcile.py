@@ -18,9 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from . import quota as quotas
-from .inventory import Device, Inventory
-from .labels import (
+from formats.labels import (
     LABEL_ALLOCATED_AT,
     LABEL_DEVICES,
     LABEL_GROUP,
@@ -29,11 +27,12 @@ from .labels import (
     parse_time,
     parse_uid,
 )
-from .quota import Quota, Usage
+
+from . import quota as quotas
+from .inventory import Device, Inventory
+from .quota import Quota, QuotaLimits, Usage
 
 if TYPE_CHECKING:
-    from policy.limits import Limits
-
     from .ledger import Allocation
 
 # Docker container states: these use their devices now.
@@ -85,7 +84,7 @@ class _Claim:
 HoldFor = Callable[[str], "float | None"] | float | None
 
 
-LimitsFor = Callable[[str, "int | None"], "Limits"]
+LimitsFor = Callable[[str, "int | None"], "QuotaLimits"]
 
 
 def reconstruct(

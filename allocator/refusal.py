@@ -8,9 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from policy.units import format_duration
-
-from .labels import format_gpueq
+from formats.labels import format_gpueq
+from formats.units import format_duration
 
 QUOTA_GPUS = "quota_gpus"
 QUOTA_MIG = "quota_mig"

@@ -1,4 +1,4 @@
 """DS01's policy engine: pure functions from (request, identity, limits, state) to a Decision.
 
-Nothing in this package performs I/O; the daemon in ``authz_plugin`` feeds it.
+Nothing in this package performs I/O; the daemon in ``ds01d`` feeds it.
 """

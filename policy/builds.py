@@ -18,7 +18,8 @@ import json
 import re
 from typing import Any
 
-from allocator.labels import LABEL_PREFIX, USER_SETTABLE_LABELS
+from formats.labels import LABEL_PREFIX, USER_SETTABLE_LABELS
+from formats.units import format_size
 
 from .create import who
 from .decision import Decision, Denied, allow, deny
@@ -29,7 +30,6 @@ from .networks import BUILTIN_NETWORKS, network_ref_problem
 from .routes import Route
 from .slices import CPU_PERIOD_US, cgroup_parent
 from .state import State
-from .units import format_size
 
 MIN_CPU_PERIOD, MAX_CPU_PERIOD = 1_000, 1_000_000
 _INT64 = re.compile(r"^[+-]?[0-9]+$")

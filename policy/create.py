@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from allocator.labels import (
+from allocator.request import GpuRequestError, parse_gpu_request
+from formats.labels import (
     DS01_WRITTEN_LABELS,
     LABEL_ALLOCATED_AT,
     LABEL_DEVICES,
@@ -24,7 +25,6 @@ from allocator.labels import (
     format_gpueq,
     format_time,
 )
-from allocator.request import GpuRequestError, parse_gpu_request
 
 from .decision import Decision, Denied, allow, deny, not_found
 from .identity import Identity

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from allocator.labels import LABEL_DEVICES, LABEL_USER
+from formats.labels import LABEL_DEVICES, LABEL_USER
 
 from . import builds as build_rules
 from . import create as create_rules

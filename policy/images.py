@@ -1,7 +1,7 @@
 """Who may use, write, push and remove which image: every image tag has an owner, or is shared.
 
 DS01 keeps its own record of the tags (``repository:tag``) and image IDs each user wrote
-(``authz_plugin/image_owners.py``); Docker keeps no owner for images. A tag nobody owns is
+(``ds01d/image_owners.py``); Docker keeps no owner for images. A tag nobody owns is
 shared: base images pulled by anyone, images that were there before DS01, what admins write.
 A user uses their own and shared images, and sees another user's image exactly as a missing
 one. Pure: the record and dockerd's view of the named images arrive as ``State.related``:

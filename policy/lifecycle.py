@@ -1,21 +1,22 @@
 """Lifecycle rules: when a container is warned, stopped or removed, as a pure function.
 
 Samples, container facts, limits and ``now`` go in; a new per-container ``Tracker`` and a list
-of ``Action`` values come out. No clock, no files, no Docker: ``authz_plugin.lifecycle`` reads
+of ``Action`` values come out. No clock, no files, no Docker: ``ds01d.lifecycle`` reads
 the cgroups, ``/proc`` and NVML, and carries out what this module decides.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
+from formats.timestamps import parse_docker_time
+from formats.units import format_duration, parse_duration
+
 from .limits import Limits
-from .units import format_duration, parse_duration
 
 # The label prefixes and keys that say what made a container (Dev Containers CLI, Compose).
 DEVCONTAINER_PREFIX = "devcontainer."
@@ -36,8 +37,6 @@ RUNTIME_WARNINGS = (75, 90)
 KEEPALIVE_SKEW = 1.0
 
 Reason = Literal["idle", "max_runtime"]
-
-_DOCKER_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 
 
 # ----------------------------------------------------------------------------- value types
@@ -209,24 +208,6 @@ def kind_of(labels: Mapping[str, str]) -> str:
     if COMPOSE_PROJECT in labels:
         return "compose"
     return "docker"
-
-
-def parse_docker_time(text: str | None) -> float | None:
-    """Epoch seconds of an inspect timestamp (``2024-05-01T12:00:00.123456789Z``).
-
-    Docker writes ``0001-01-01T00:00:00Z`` for "never"; that, and anything unreadable, is None.
-    """
-    match = _DOCKER_TIME.match(text or "")
-    if match is None or match.group(1).startswith("0001-"):
-        return None
-    whole, fraction, zone = match.groups()
-    # Nanoseconds do not fit fromisoformat: microseconds are plenty for rules in seconds.
-    micro = (fraction or ".0")[:7]
-    try:
-        moment = datetime.fromisoformat(whole + micro + ("+00:00" if zone == "Z" else zone))
-    except ValueError:
-        return None
-    return moment.timestamp()
 
 
 def container_info(inspect: Mapping[str, Any]) -> ContainerInfo:

@@ -8,9 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from formats.units import parse_duration, parse_size
+
 from .identity import Identity
 from .loader import PolicyDocument
-from .units import parse_duration, parse_size
 
 # Keys given in units (the CLI shows them the same way).
 SIZE_KEYS = frozenset({"memory", "shm_size"})

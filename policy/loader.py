@@ -11,7 +11,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .units import UnitError, parse_duration, parse_size
+from formats.units import UnitError, parse_duration, parse_size
 
 
 class PolicyError(ValueError):

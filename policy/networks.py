@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from allocator.labels import LABEL_USER
+from formats.labels import LABEL_USER
 
 from .decision import Decision, Denied, deny
 from .identity import Identity

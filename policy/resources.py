@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from formats.units import format_size
+
 from .decision import Denied, deny
 from .limits import Limits
-from .units import format_size
 
 NANO = 1_000_000_000
 # The CFS period bounds the kernel accepts (1 ms .. 1 s), in microseconds.

@@ -9,7 +9,7 @@ the user's ``aggregate`` limits hold for all their containers together:
   ``ds01-<group>.slice`` under ``ds01.slice`` (a dash in a slice name means "child of"), and
   ds01d writes the unit files that :func:`slice_units` returns.
 
-This module is pure: it only names things and computes values. ``authz_plugin/cgroups.py``
+This module is pure: it only names things and computes values. ``ds01d/host/cgroups.py``
 does the I/O.
 """
 

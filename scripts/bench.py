@@ -25,8 +25,8 @@ from pathlib import Path
 from allocator.inventory import load_inventory_file
 from allocator.ledger import Ledger
 from allocator.request import GpuRequest
-from authz_plugin.docker_client import DockerClient
-from authz_plugin.gpus import GpuBroker, container_summaries
+from ds01d.docker_client import DockerClient
+from ds01d.gpus import GpuBroker, container_summaries
 from policy.identity import Identity
 from policy.limits import resolve
 from policy.loader import parse_policy

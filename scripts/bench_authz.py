@@ -19,10 +19,10 @@ import aiohttp
 from aiohttp import web
 
 from authz_plugin.authz import plugin_app
-from authz_plugin.docker_client import DockerClient
-from authz_plugin.policy_store import PolicyStore
-from authz_plugin.service import Service
-from authz_plugin.tickets import TOKEN_HEADER
+from ds01d.docker_client import DockerClient
+from ds01d.policy_store import PolicyStore
+from ds01d.service import Service
+from ds01d.tickets import TOKEN_HEADER
 from policy.identity import Identity
 from tests.unit.policy.conftest import cli_create_body
 

@@ -402,7 +402,7 @@ def test_save_load_and_export_stream_through(clean, tmp_path):
 def test_users_parent_cgroup_carries_the_aggregate_limits(clean):
     """The first create makes /ds01/<user> with the policy's aggregate limits, read back from
     the kernel; `ds01 slices` shows them to the user."""
-    from authz_plugin.cgroups import CgroupfsManager
+    from ds01d.host.cgroups import CgroupfsManager
 
     ok(clean.docker("run", "-d", "--name", "agg", IMAGE, "sleep", "300", user=ALICE))
     kernel = CgroupfsManager().limits(ALICE)
@@ -429,7 +429,7 @@ def test_ds01_ps_shows_runtime_and_the_next_stop(clean):
 
 def test_policy_change_updates_running_users_cgroup(clean):
     """A reloaded policy rewrites the user's aggregate limits in the kernel; containers keep running."""
-    from authz_plugin.cgroups import CgroupfsManager
+    from ds01d.host.cgroups import CgroupfsManager
 
     from .conftest import POLICY
 

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import pytest
 
-from authz_plugin import cgroups
-from authz_plugin.cgroups import LIMIT_CONTROLLERS, CgroupfsManager
+from ds01d.host import cgroups
+from ds01d.host.cgroups import LIMIT_CONTROLLERS, CgroupfsManager
 from policy.slices import CGROUPFS_ROOT, cgroup_parent, cgroupfs_dir_name
 from tests.harness.dockerd import PrivateDockerd
 

@@ -390,7 +390,7 @@ def test_merged_daemon_json_runs_a_real_dockerd_behind_ds01d(tmp_path):
         [
             sys.executable,
             "-m",
-            "authz_plugin.daemon",
+            "ds01d.daemon",
             "--policy",
             str(policy),
             "--plugin-socket",
@@ -432,7 +432,7 @@ def test_merged_daemon_json_runs_a_real_dockerd_behind_ds01d(tmp_path):
             [
                 sys.executable,
                 "-m",
-                "authz_plugin.cli",
+                "ds01cli.cli",
                 "doctor",
                 "--unit",
                 "/nonexistent",

@@ -1,4 +1,4 @@
-"""The lifecycle loop (``authz_plugin.lifecycle``) against a real private dockerd and kernel.
+"""The lifecycle loop (``ds01d.lifecycle``) against a real private dockerd and kernel.
 
 One scenario runs a dozen containers side by side under a policy with seconds-scale timeouts
 and watches the loop warn, stop and remove exactly the ones the policy says; a dry-run loop
@@ -26,18 +26,13 @@ import pytest
 from allocator.inventory import Gpu, Inventory, build_inventory
 from allocator.ledger import Ledger, Reservation
 from allocator.request import GpuRequest
-from authz_plugin.docker_client import DockerClient
-from authz_plugin.events import EventWatcher
-from authz_plugin.gpus import GpuBroker
-from authz_plugin.lifecycle import (
-    Lifecycle,
-    read_cpu_seconds,
-    read_keepalive,
-    read_net_bytes,
-)
-from authz_plugin.metrics import Metrics, iter_samples
-from authz_plugin.notify import Notifier
-from authz_plugin.policy_store import PolicyStore
+from ds01d.docker_client import DockerClient
+from ds01d.events import EventWatcher
+from ds01d.gpus import GpuBroker
+from ds01d.lifecycle.loop import Lifecycle, read_cpu_seconds, read_keepalive, read_net_bytes
+from ds01d.notify import Notifier
+from ds01d.observe.metrics import Metrics, iter_samples
+from ds01d.policy_store import PolicyStore
 from policy.identity import Identity
 from policy.lifecycle import Stop, Warn
 from policy.limits import resolve

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from authz_plugin.gateway.proxy import Gateway
-from authz_plugin.gateway.types import Client, Forward, Reply, RequestHead
+from gateway.proxy import Gateway
+from gateway.types import Client, Forward, Reply, RequestHead
 from tests.harness.dockerd import PrivateDockerd, docker
 from tests.harness.images import import_busybox_image
 

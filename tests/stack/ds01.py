@@ -109,7 +109,7 @@ class Ds01Stack:
         cmd = [
             sys.executable,
             "-m",
-            "authz_plugin.daemon",
+            "ds01d.daemon",
             "--policy",
             str(self.policy_file),
             "--plugin-socket",
@@ -192,7 +192,7 @@ class Ds01Stack:
         self, *args: str, user: str | None = None, timeout: float = 30
     ) -> subprocess.CompletedProcess[str]:
         """Run the ds01 CLI against this stack's gateway, as ``user``."""
-        return self.python_module("authz_plugin.cli", *args, user=user, timeout=timeout)
+        return self.python_module("ds01cli.cli", *args, user=user, timeout=timeout)
 
     def python(
         self, code: str, user: str | None = None, timeout: float = 60

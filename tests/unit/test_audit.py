@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from authz_plugin import audit
-from authz_plugin.audit import AuditLog, follow_events, read_events, tail
+from ds01d.observe import audit
+from ds01d.observe.audit import AuditLog, follow_events, read_events, tail
 
 
 class Clock:

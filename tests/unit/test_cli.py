@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from authz_plugin.cli import main
+from ds01cli.cli import main
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from authz_plugin.daemon import Daemon, build_parser
+from ds01d.daemon import Daemon, build_parser
 
 POLICY = """
 defaults:
@@ -48,7 +48,7 @@ def test_ds01d_runs_on_uvloop_when_installed_and_on_asyncio_otherwise(monkeypatc
     import asyncio
     import sys
 
-    from authz_plugin.daemon import _run_event_loop
+    from ds01d.daemon import _run_event_loop
 
     async def which_loop() -> str:
         return type(asyncio.get_running_loop()).__module__

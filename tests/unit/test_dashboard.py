@@ -13,7 +13,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from authz_plugin.metrics import Metrics
+from ds01d.observe.metrics import Metrics
 
 PACKAGING = Path(__file__).parent.parent.parent / "packaging"
 METRIC = re.compile(r"\bds01_[a-z_]+")

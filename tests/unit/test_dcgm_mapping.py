@@ -9,13 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from authz_plugin.dcgm_mapping import (
-    MAPPING_NAME,
-    JobMappingDir,
-    file_name,
-    job_id,
-    parse_name,
-)
+from ds01d.host.dcgm_mapping import MAPPING_NAME, JobMappingDir, file_name, job_id, parse_name
 
 # dcgm-exporter's own filter for mapping file names (internal/pkg/transformation/hpc.go).
 EXPORTER_NAME = re.compile(r"^\d+(\.\d+)?$")

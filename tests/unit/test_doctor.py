@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from authz_plugin.doctor import (
+from ds01cli.doctor import (
     Check,
     Host,
     build_parser,

@@ -6,7 +6,7 @@ import asyncio
 
 from allocator.ledger import Ledger, Reservation
 from allocator.request import GpuRequest
-from authz_plugin.gpus import GpuBroker
+from ds01d.gpus import GpuBroker
 from policy.decision import Decision
 from policy.identity import Identity
 from tests.unit.allocator.alloc_helpers import GPU2, GPU3, NOW, example_inventory, limits
@@ -218,7 +218,7 @@ def created(cid: str, labels: dict[str, str]) -> dict:
 async def test_forged_create_events_cost_one_inspect_each_and_no_reconcile():
     """An image labelled with every device: each create inspects that container only, and
     the ledger records nothing; a genuine orphan (DeviceRequests agree) is recorded."""
-    from authz_plugin.events import EventWatcher
+    from ds01d.events import EventWatcher
 
     b, _ = broker()
     forged = {"ds01.user": "low", "ds01.devices": f"{GPU2},{GPU3}"}
@@ -241,7 +241,7 @@ async def test_forged_create_events_cost_one_inspect_each_and_no_reconcile():
 
 async def test_event_reconciles_are_rate_limited():
     """However many events ask for a full reconcile, one runs per interval."""
-    from authz_plugin.events import EventWatcher
+    from ds01d.events import EventWatcher
 
     clock = Clock()
     b, _ = broker()
@@ -267,7 +267,7 @@ async def test_event_reconciles_are_rate_limited():
 
 async def test_an_inspect_failure_falls_back_to_a_rate_limited_reconcile():
     """If the one container cannot be inspected, a full reconcile (rate-limited) runs."""
-    from authz_plugin.events import EventWatcher
+    from ds01d.events import EventWatcher
 
     b, _ = broker()
 

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from authz_plugin.authz import AuthzRequest, parse_authz
-from authz_plugin.gateway.handler import GatewayHandler
-from authz_plugin.gateway.types import Client, Forward, PeerCred, Reply, RequestHead
-from authz_plugin.identities import identity_for_tls_user, identity_for_uid
-from authz_plugin.policy_store import PolicyStore
-from authz_plugin.service import Service
+from ds01d.gateway_handler import GatewayHandler
+from ds01d.identities import identity_for_tls_user, identity_for_uid
+from ds01d.policy_store import PolicyStore
+from ds01d.service import Service
+from gateway.types import Client, Forward, PeerCred, Reply, RequestHead
 from policy.identity import Channel
 
 POLICY = """

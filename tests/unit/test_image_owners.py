@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from authz_plugin.image_owners import ImageOwners, RecordError, answer_screen
+from ds01d.image_owners import ImageOwners, RecordError, answer_screen
 from policy.identity import Identity
 from policy.limits import Limits
 from policy.routes import parse_route

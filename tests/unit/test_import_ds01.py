@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 import yaml
 
+from ds01cli.import_ds01 import convert, hours, parse_members, seconds
+from formats.units import parse_duration, parse_size
 from policy.identity import Identity
-from policy.import_ds01 import convert, hours, parse_members, seconds
 from policy.limits import resolve
 from policy.loader import parse_policy
-from policy.units import parse_duration, parse_size
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "ds01-resource-limits.yaml"
 

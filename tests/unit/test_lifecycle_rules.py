@@ -13,6 +13,7 @@ from datetime import date
 import pytest
 import yaml
 
+from formats.timestamps import parse_docker_time
 from policy.identity import Identity
 from policy.lifecycle import (
     ContainerInfo,
@@ -28,7 +29,6 @@ from policy.lifecycle import (
     gpu_busy,
     is_high_demand,
     kind_of,
-    parse_docker_time,
     settings_from_policy,
 )
 from policy.limits import Limits, resolve

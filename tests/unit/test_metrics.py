@@ -9,8 +9,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from authz_plugin.audit import AuditLog
-from authz_plugin.metrics import Metrics, metrics_app, parse_address, serve_metrics
+from ds01d.observe.audit import AuditLog
+from ds01d.observe.metrics import Metrics, metrics_app, parse_address, serve_metrics
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from authz_plugin.daemon import build_parser as ds01d_parser
+from ds01d.daemon import build_parser as ds01d_parser
 
 REPO = Path(__file__).resolve().parents[2]
 PKG = REPO / "packaging"

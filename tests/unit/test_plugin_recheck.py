@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from authz_plugin.authz import AuthzRequest
-from authz_plugin.docker_client import DockerClient, DockerError
-from authz_plugin.policy_store import PolicyStore
-from authz_plugin.service import Service
-from authz_plugin.tickets import TOKEN_HEADER
+from ds01d.docker_client import DockerClient, DockerError
+from ds01d.policy_store import PolicyStore
+from ds01d.service import Service
+from ds01d.tickets import TOKEN_HEADER
 from policy.identity import Identity
 
 ALICE = Identity(uid=1001, user="alice", groups=frozenset({"alice"}), home="/home/alice")

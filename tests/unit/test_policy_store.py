@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from authz_plugin.policy_store import PolicyStore
+from ds01d.policy_store import PolicyStore
 from policy.identity import Identity
 from policy.loader import PolicyError
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from allocator.ledger import Ledger, Reservation
 from allocator.reconcile import ContainerSummary
 from allocator.request import GpuRequest
-from authz_plugin.events import EventWatcher
-from authz_plugin.gpus import GpuBroker
+from ds01d.events import EventWatcher
+from ds01d.gpus import GpuBroker
 from policy.identity import Identity
 from tests.unit.allocator.alloc_helpers import NOW, example_inventory, limits
 

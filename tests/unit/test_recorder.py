@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from authz_plugin.audit import AuditLog
-from authz_plugin.metrics import Metrics
-from authz_plugin.recorder import Recorder
+from ds01d.observe.audit import AuditLog
+from ds01d.observe.metrics import Metrics
+from ds01d.observe.recorder import Recorder
 from policy.decision import allow, deny, not_found
 from policy.identity import Identity, direct_identity
 from policy.routes import parse_route

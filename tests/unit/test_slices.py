@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from authz_plugin.cgroups import (
+from ds01d.host.cgroups import (
     CgroupError,
     CgroupfsManager,
     SystemdSliceManager,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from authz_plugin import tickets as tickets_module
-from authz_plugin.tickets import TOKEN_HEADER, Tickets, body_digest
+from ds01d import tickets as tickets_module
+from ds01d.tickets import TOKEN_HEADER, Tickets, body_digest
 from policy.identity import Identity
 
 ALICE = Identity(uid=1001, user="alice", groups=frozenset({"students"}))

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from policy.units import UnitError, format_duration, format_size, parse_duration, parse_size
+from formats.units import UnitError, format_duration, format_size, parse_duration, parse_size
 
 KI, MI, GI, TI, PI = 2**10, 2**20, 2**30, 2**40, 2**50
 

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from allocator.inventory import Inventory, load_inventory_file
-from allocator.labels import allocation_labels
 from allocator.reconcile import ContainerSummary
+from formats.labels import allocation_labels
 from policy.limits import BUILTIN_DEFAULTS, Limits
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from allocator import labels
-from allocator.labels import (
+from formats import labels
+from formats.labels import (
     format_devices,
     format_gpueq,
     format_time,

@@ -10,7 +10,6 @@ from alloc_helpers import EXAMPLE, G0, G1_3G, GPU0, GPU2, example_inventory
 from allocator.inventory import (
     Device,
     InventoryError,
-    load_inventory,
     load_inventory_file,
     parse_inventory,
 )
@@ -146,11 +145,13 @@ def test_empty_file_is_an_empty_inventory() -> None:
 
 def test_load_inventory_specs(tmp_path, monkeypatch) -> None:
     """--inventory none is empty, FILE reads the file, auto asks NVML."""
+    from ds01d.host.nvml import load_inventory
+
     assert load_inventory("none").devices == ()
     assert len(load_inventory(str(EXAMPLE)).devices) == 13
     from fake_pynvml import FakeNvml, NVMLError_LibraryNotFound
 
-    import allocator.nvml as nvml_module
+    import ds01d.host.nvml as nvml_module
 
     monkeypatch.setattr(
         nvml_module, "_import_pynvml", lambda: FakeNvml([], init_error=NVMLError_LibraryNotFound)

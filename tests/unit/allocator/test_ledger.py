@@ -19,7 +19,11 @@ from alloc_helpers import (
 )
 
 from allocator.inventory import parse_inventory
-from allocator.labels import (
+from allocator.ledger import Ledger, LedgerError, Reservation, State
+from allocator.preempt import preemption_plan
+from allocator.refusal import Refusal
+from allocator.request import GpuRequest
+from formats.labels import (
     LABEL_ALLOCATED_AT,
     LABEL_DEVICES,
     LABEL_GPUEQ,
@@ -27,10 +31,6 @@ from allocator.labels import (
     LABEL_USER,
     parse_time,
 )
-from allocator.ledger import Ledger, LedgerError, Reservation, State
-from allocator.preempt import preemption_plan
-from allocator.refusal import Refusal
-from allocator.request import GpuRequest
 
 A = "a" * 64
 B = "b" * 64

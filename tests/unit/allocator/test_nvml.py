@@ -22,7 +22,7 @@ from fake_pynvml import (
     example_host,
 )
 
-from allocator.nvml import nvml_inventory, nvml_processes, nvml_usage
+from ds01d.host.nvml import nvml_inventory, nvml_processes, nvml_usage
 
 # Calls that change GPU state; the backend must never make one.
 SETTERS = ("Set", "Create", "Destroy", "Reset", "Clear")
@@ -171,7 +171,7 @@ def test_no_driver_gives_empty_inventory_with_problem(error: type[NVMLError], te
 
 def test_missing_module_gives_empty_inventory(monkeypatch) -> None:
     """Without nvidia-ml-py installed, the inventory says so."""
-    import allocator.nvml as backend
+    import ds01d.host.nvml as backend
 
     def missing() -> None:
         raise ImportError("No module named 'pynvml'")

@@ -8,10 +8,10 @@ from dataclasses import replace
 import pytest
 from alloc_helpers import G0, G1_3G, GPU2, GPU3, NOW, container, example_inventory, student
 
-from allocator.labels import LABEL_DEVICES
 from allocator.ledger import Ledger, Reservation, State
 from allocator.reconcile import OUTSIDE_USER, ContainerSummary
 from allocator.request import GpuRequest
+from formats.labels import LABEL_DEVICES
 from policy.limits import Limits
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64

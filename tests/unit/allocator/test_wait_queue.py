@@ -20,7 +20,7 @@ from alloc_helpers import (
 from allocator.ledger import Ledger, Reservation
 from allocator.queue import Ticket, WaitQueue, wait_seconds
 from allocator.request import GpuRequest
-from policy.units import UnitError
+from formats.units import UnitError
 
 WHOLE = dict(max_gpus=2, allow_full_gpu=True, max_mig_instances=0, max_gpus_per_container=2)
 

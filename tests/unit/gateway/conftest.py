@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from authz_plugin.gateway.proxy import Gateway
-from authz_plugin.gateway.types import Handler
+from gateway.proxy import Gateway
+from gateway.types import Handler
 
 from .fakes import FakeDockerd, Script, remove_tree, short_tmpdir
 

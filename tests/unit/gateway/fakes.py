@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import h11
 
-from authz_plugin.gateway.types import Client, Forward, Reply, RequestHead
+from gateway.types import Client, Forward, Reply, RequestHead
 
 
 @dataclass

@@ -183,7 +183,7 @@ async def test_handler_crash_is_500_and_server_survives(rig):
 
 async def test_invalid_forward_from_handler_is_500(rig):
     """A Forward with an unsendable target is never put on the wire."""
-    from authz_plugin.gateway.types import Forward, RequestHead
+    from gateway.types import Forward, RequestHead
 
     class Bad:
         def body_limit(self, peer, head):

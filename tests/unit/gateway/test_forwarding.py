@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from authz_plugin.gateway.types import Client, Forward, Reply, RequestHead
+from gateway.types import Client, Forward, Reply, RequestHead
 
 from .fakes import PassThrough, Script, Seen, UpstreamConn, read_response, serve_each
 

@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from authz_plugin.docker_client import DockerClient
-from authz_plugin.gateway.handler import GatewayHandler
-from authz_plugin.gateway.types import Client, Forward, PeerCred, RequestHead
-from authz_plugin.policy_store import PolicyStore
-from authz_plugin.service import Service
+from ds01d.docker_client import DockerClient
+from ds01d.gateway_handler import GatewayHandler
+from ds01d.policy_store import PolicyStore
+from ds01d.service import Service
+from gateway.types import Client, Forward, PeerCred, RequestHead
 
 PID = 4242
 PING = RequestHead("GET", "/v1.41/_ping", (("Host", "docker"),))

@@ -18,10 +18,10 @@ import sys
 
 import pytest
 
-from authz_plugin.gateway import proxy
-from authz_plugin.gateway.limits import Admission, GatewayLimits, connections_for
-from authz_plugin.gateway.peer import peer_credentials
-from authz_plugin.gateway.types import PeerCred
+from gateway import proxy
+from gateway.limits import Admission, GatewayLimits, connections_for
+from gateway.peer import peer_credentials
+from gateway.types import PeerCred
 
 from .fakes import (
     PassThrough,
@@ -337,7 +337,7 @@ async def test_hijacked_stream_with_quiet_stdin_is_not_cut(rig):
 
 
 def test_ds01d_flags_set_the_gateway_limits():
-    from authz_plugin.daemon import build_parser, gateway_limits
+    from ds01d.daemon import build_parser, gateway_limits
 
     args = build_parser().parse_args([])
     assert gateway_limits(args) == GatewayLimits()
@@ -357,7 +357,7 @@ def test_ds01d_flags_set_the_gateway_limits():
 def test_soft_open_file_limit_is_raised_to_the_hard_one():
     """A ds01d started with soft 512 / hard 4096 runs with 4096 and a cap of (4096-256)/2."""
     code = (
-        "from authz_plugin.gateway.limits import *; "
+        "from gateway.limits import *; "
         "print(raise_nofile(), soft_nofile(), GatewayLimits().total_connections())"
     )
 

@@ -17,8 +17,8 @@ import socket
 
 import pytest
 
-from authz_plugin.gateway.limits import GatewayLimits
-from authz_plugin.gateway.types import Client, Reply, RequestHead
+from gateway.limits import GatewayLimits
+from gateway.types import Client, Reply, RequestHead
 
 from .fakes import serve_each
 

@@ -8,9 +8,9 @@ import stat
 
 import pytest
 
-from authz_plugin.gateway.peer import peer_credentials
-from authz_plugin.gateway.proxy import Gateway
-from authz_plugin.gateway.types import PeerCred
+from gateway.peer import peer_credentials
+from gateway.proxy import Gateway
+from gateway.types import PeerCred
 
 from .fakes import PassThrough
 

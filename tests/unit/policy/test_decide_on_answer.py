@@ -10,9 +10,9 @@ import json
 
 import pytest
 
-from authz_plugin.docker_client import DockerClient
-from authz_plugin.policy_store import PolicyStore
-from authz_plugin.service import Service
+from ds01d.docker_client import DockerClient
+from ds01d.policy_store import PolicyStore
+from ds01d.service import Service
 from policy.engine import ANSWER_NAMES_TARGET, decide
 from policy.identity import Identity, direct_identity
 from policy.limits import resolve

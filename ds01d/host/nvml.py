@@ -2,6 +2,7 @@
 
 Only unprivileged queries: MIG mode is read, never changed. Every NVML error becomes a
 problem line and an unusable GPU in the inventory, never an exception out of this module.
+Also the ``ds01d --inventory FILE|auto|none`` flag, whose ``auto`` is NVML discovery.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .inventory import (
+from allocator.inventory import (
     DEFAULT_GPU_SLICES,
     Device,
     Gpu,
     Inventory,
     build_inventory,
+    load_inventory_file,
     no_mig_instances,
 )
 
@@ -246,3 +248,19 @@ def _err(exc: Exception) -> str:
 def _text(value: str | bytes) -> str:
     # pynvml decodes to str on Python 3; old versions returned bytes.
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# ----------------------------------------------------------------------------- --inventory
+
+
+def load_inventory(spec: str) -> Inventory:
+    """The inventory for ``ds01d --inventory FILE|auto|none``.
+
+    ``auto`` asks NVML and, where there is no NVIDIA driver, gives an empty inventory whose
+    ``problems`` say why; ``none`` is an empty inventory (GPU requests are refused).
+    """
+    if spec == "none":
+        return Inventory(source="none")
+    if spec == "auto":
+        return nvml_inventory()
+    return load_inventory_file(spec)

@@ -11,17 +11,8 @@ import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime
 from typing import Any
 
-from allocator.labels import (
-    LABEL_DEVICES,
-    LABEL_GROUP,
-    LABEL_USER,
-    LABEL_WAIT,
-    parse_devices,
-    parse_uid,
-)
 from allocator.ledger import Ledger, Reservation
 from allocator.ledger import State as AllocationState
 from allocator.preempt import preemption_plan
@@ -29,10 +20,19 @@ from allocator.queue import Ticket, WaitQueue, wait_seconds
 from allocator.reconcile import Conflict, ContainerSummary
 from allocator.refusal import Refusal
 from allocator.request import NVIDIA_DRIVERS, SELECTOR_CAPABILITIES, GpuRequest
+from formats.labels import (
+    LABEL_DEVICES,
+    LABEL_GROUP,
+    LABEL_USER,
+    LABEL_WAIT,
+    parse_devices,
+    parse_uid,
+)
+from formats.timestamps import parse_docker_time
+from formats.units import UnitError, format_duration
 from policy.decision import Decision, deny
 from policy.identity import Identity
 from policy.limits import Limits
-from policy.units import UnitError, format_duration
 
 log = logging.getLogger("ds01.gpus")
 
@@ -453,13 +453,7 @@ async def inspect_summary(docker: Any, container_id: str) -> ContainerSummary | 
 
 
 def _finished_at(info: dict[str, Any]) -> float | None:
-    text = (info.get("State") or {}).get("FinishedAt") or ""
-    if not text or text.startswith("0001-"):
-        return None
-    try:
-        return datetime.fromisoformat(text[:26].rstrip("Z") + "+00:00").timestamp()
-    except ValueError:
-        return None
+    return parse_docker_time((info.get("State") or {}).get("FinishedAt"))
 
 
 def gpu_devices(info: dict[str, Any]) -> tuple[str, ...]:

@@ -14,7 +14,13 @@ from dataclasses import replace
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from allocator.labels import LABEL_USER
+from authz_plugin.authz import AuthzAnswer, AuthzRequest
+from ds01d.docker_client import DockerClient, DockerError
+from ds01d.identities import identity_for_tls_user
+from ds01d.image_owners import ImageOwners
+from ds01d.policy_store import PolicyStore
+from ds01d.tickets import TOKEN_HEADER, Tickets
+from formats.labels import LABEL_USER
 from policy import builds as build_rules
 from policy import create as create_rules
 from policy import images as image_rules
@@ -27,13 +33,6 @@ from policy.mounts import start_problem
 from policy.routes import Route
 from policy.state import ObjectFacts, Request, State
 from policy.tls import without_rewrite
-
-from .authz import AuthzAnswer, AuthzRequest
-from .docker_client import DockerClient, DockerError
-from .identities import identity_for_tls_user
-from .image_owners import ImageOwners
-from .policy_store import PolicyStore
-from .tickets import TOKEN_HEADER, Tickets
 
 log = logging.getLogger("ds01.service")
 

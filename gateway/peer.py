@@ -10,7 +10,7 @@ import socket
 import struct
 from typing import Protocol
 
-from .types import PeerCred
+from gateway.types import PeerCred
 
 # struct ucred { pid_t pid; uid_t uid; gid_t gid; } -- three 32-bit ints on Linux.
 _UCRED = struct.Struct("3i")

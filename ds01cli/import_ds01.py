@@ -25,8 +25,8 @@ from typing import Any
 
 import yaml
 
-from .loader import PolicyError, parse_policy
-from .units import UnitError, format_size, parse_duration, parse_size
+from formats.units import UnitError, format_size, parse_duration, parse_size
+from policy.loader import PolicyError, parse_policy
 
 Unmapped = list[str]
 

@@ -26,15 +26,15 @@ from typing import Any, Protocol, TypeVar
 
 import h11
 
-from .limits import (
+from gateway.limits import (
     Admission,
     GatewayLimits,
     Refusal,
     body_stall_message,
     head_timeout_message,
 )
-from .peer import peer_credentials
-from .types import Client, Forward, Handler, PeerCred, Reply, RequestHead
+from gateway.peer import peer_credentials
+from gateway.types import Client, Forward, Handler, PeerCred, Reply, RequestHead
 
 # Large reads keep the per-byte Python cost negligible on bulk transfers (cp, save, build).
 READ_SIZE = 256 * 1024

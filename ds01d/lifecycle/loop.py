@@ -22,8 +22,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from allocator.labels import LABEL_USER
-from allocator.nvml import nvml_usage
+from ds01d.docker_client import DockerError
+from ds01d.host.nvml import nvml_usage
+from ds01d.identities import identity_for_uid
+from ds01d.notify import Notifier, open_container_tmp
+from formats.labels import LABEL_USER
 from policy.identity import Identity
 from policy.lifecycle import (
     Action,
@@ -42,10 +45,6 @@ from policy.lifecycle import (
     settings_from_policy,
 )
 from policy.limits import Limits
-
-from .docker_client import DockerError
-from .identities import identity_for_uid
-from .notify import Notifier, open_container_tmp
 
 log = logging.getLogger("ds01.lifecycle")
 
@@ -161,7 +160,7 @@ def _is_process_of(proc: Path, pid: int, container_id: str) -> str | None:
 class Lifecycle:
     """Samples DS01 containers and applies the lifecycle rules; see the module docstring.
 
-    ``policy_store``: an ``authz_plugin.policy_store.PolicyStore`` (re-read every sample, so a
+    ``policy_store``: an ``ds01d.policy_store.PolicyStore`` (re-read every sample, so a
     reload applies at the next one). ``broker``: the ``GpuBroker`` whose ``idle`` set is kept
     current, or None. ``nvml``: a pynvml-like module (a fake in tests); None uses the real one.
     ``audit``: anything with ``record(event, **fields)``; ``metrics``: a ``Metrics``.

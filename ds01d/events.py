@@ -17,8 +17,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .docker_client import DockerClient
-from .gpus import GpuBroker, container_summaries, inspect_summary
+from ds01d.docker_client import DockerClient
+from ds01d.gpus import GpuBroker, container_summaries, inspect_summary
 
 log = logging.getLogger("ds01.events")
 

@@ -381,7 +381,7 @@ def check_gpus(host: Host) -> Check:
 
 def _nvml() -> Any:
     try:
-        from allocator.nvml import nvml_inventory
+        from ds01d.host.nvml import nvml_inventory
     except ImportError as exc:
         raise RuntimeError(f"the NVML backend is not installed ({exc})") from exc
     return nvml_inventory()

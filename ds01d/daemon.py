@@ -17,29 +17,29 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from allocator.inventory import InventoryError, load_inventory
+from allocator.inventory import InventoryError
 from allocator.ledger import Ledger
+from authz_plugin.authz import plugin_app
+from ds01d.docker_client import DockerClient, socket_path
+from ds01d.events import EventWatcher
+from ds01d.gpus import GpuBroker
+from ds01d.host.cgroups import CgroupfsManager, SystemdSliceManager, UserCgroups
+from ds01d.host.dcgm_mapping import JobMappingDir
+from ds01d.host.nvml import load_inventory
+from ds01d.identities import identity_for_uid
+from ds01d.image_owners import FILE_NAME as IMAGE_OWNERS_FILE
+from ds01d.image_owners import ImageOwners
+from ds01d.lifecycle.loop import Lifecycle
+from ds01d.observe.audit import AuditLog
+from ds01d.observe.metrics import Metrics, serve_metrics
+from ds01d.observe.recorder import Recorder
+from ds01d.policy_store import PolicyStore
+from ds01d.service import Service
+from gateway import limits as gl
 from policy.identity import Identity
 from policy.lifecycle import effective, kind_of, settings_from_policy
 from policy.limits import Limits
 from policy.loader import PolicyError
-
-from .audit import AuditLog
-from .authz import plugin_app
-from .cgroups import CgroupfsManager, SystemdSliceManager, UserCgroups
-from .dcgm_mapping import JobMappingDir
-from .docker_client import DockerClient, socket_path
-from .events import EventWatcher
-from .gateway import limits as gl
-from .gpus import GpuBroker
-from .identities import identity_for_uid
-from .image_owners import FILE_NAME as IMAGE_OWNERS_FILE
-from .image_owners import ImageOwners
-from .lifecycle import Lifecycle
-from .metrics import Metrics, serve_metrics
-from .policy_store import PolicyStore
-from .recorder import Recorder
-from .service import Service
 
 log = logging.getLogger("ds01d")
 _T = TypeVar("_T")
@@ -279,8 +279,8 @@ class Daemon:
         self.runners.append(await serve_unix(app, self.args.plugin_socket, 0o660))
         log.info("AuthZ plugin listening on %s", self.args.plugin_socket)
         if self.args.gateway_socket:
-            from .gateway.handler import GatewayHandler
-            from .gateway.proxy import Gateway
+            from ds01d.gateway_handler import GatewayHandler
+            from gateway.proxy import Gateway
 
             handler = GatewayHandler(self.service, lifecycle=self.lifecycle)
             self.gateway = Gateway(

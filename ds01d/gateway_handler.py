@@ -10,7 +10,15 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from allocator.labels import LABEL_USER
+from ds01d.api import PREFIX as API_PREFIX
+from ds01d.api import Api
+from ds01d.docker_client import DockerError
+from ds01d.identities import IdentityCache
+from ds01d.image_owners import answer_screen
+from ds01d.service import START_ENDPOINTS, Service
+from ds01d.tickets import TOKEN_HEADER
+from formats.labels import LABEL_USER
+from gateway.types import Client, Forward, Reply, RequestHead
 from policy import create as create_rules
 from policy import networks as network_rules
 from policy.decision import Decision
@@ -20,15 +28,6 @@ from policy.limits import Limits
 from policy.routes import Route
 from policy.state import Request
 from policy.strict_json import dumps_canonical
-
-from ..api import PREFIX as API_PREFIX
-from ..api import Api
-from ..docker_client import DockerError
-from ..identities import IdentityCache
-from ..image_owners import answer_screen
-from ..service import START_ENDPOINTS, Service
-from ..tickets import TOKEN_HEADER
-from .types import Client, Forward, Reply, RequestHead
 
 log = logging.getLogger("ds01.gateway")
 

@@ -16,12 +16,11 @@ from typing import Any
 
 import yaml
 
+from ds01d.identities import identity_for_uid
+from formats.units import format_duration, format_size
 from policy.identity import Identity
 from policy.limits import BUILTIN_DEFAULTS, DURATION_KEYS, SIZE_KEYS, resolve
 from policy.loader import PolicyDocument, PolicyError, default_policy_text, parse_policy
-from policy.units import format_duration, format_size
-
-from .identities import identity_for_uid
 
 DEFAULT_POLICY = "/etc/ds01/policy.yaml"
 
@@ -534,7 +533,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     import yaml
 
-    from policy.import_ds01 import convert, parse_members
+    from ds01cli.import_ds01 import convert, parse_members
 
     folder = os.path.dirname(os.path.abspath(args.file))
     try:
@@ -596,7 +595,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import doctor
+    from ds01cli.doctor import doctor
 
     return doctor(args.rest)
 
@@ -676,7 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["doctor"]:  # its own options (socket paths) go to doctor's parser
-        from .doctor import doctor
+        from ds01cli.doctor import doctor
 
         return doctor(argv[1:])
     parser = build_parser()

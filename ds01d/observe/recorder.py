@@ -9,13 +9,12 @@ import logging
 from typing import Any
 
 from allocator.ledger import Ledger, State
+from ds01d.host.dcgm_mapping import JobMappingDir
+from ds01d.observe.audit import AuditLog
+from ds01d.observe.metrics import Metrics
 from policy.decision import Decision
 from policy.identity import Identity
 from policy.routes import Route
-
-from .audit import AuditLog
-from .dcgm_mapping import JobMappingDir
-from .metrics import Metrics
 
 log = logging.getLogger("ds01.recorder")
 

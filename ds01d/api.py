@@ -9,12 +9,11 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from allocator.labels import LABEL_DEVICES, LABEL_USER, parse_devices
 from allocator.ledger import Allocation
+from ds01d.service import Service
+from formats.labels import LABEL_DEVICES, LABEL_USER, parse_devices
 from policy.identity import Identity
 from policy.limits import Limits
-
-from .service import Service
 
 PREFIX = "/ds01/v1/"
 

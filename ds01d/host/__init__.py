@@ -1,0 +1,1 @@
+"""The host's kernel and hardware: cgroups, NVML, DCGM job-mapping files."""

@@ -1,0 +1,1 @@
+"""The lifecycle loop: samples containers and carries out ``policy.lifecycle``'s actions."""

@@ -1,0 +1,1 @@
+"""What the daemon tells operators: Prometheus metrics, the audit log, the decision recorder."""
