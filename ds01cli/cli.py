@@ -221,8 +221,18 @@ def _ago(epoch: float | None, now: float | None = None) -> str:
     return format_duration(max(0.0, (now or time.time()) - epoch))
 
 
+# --no-trunc: full container IDs and device UUIDs everywhere (set once per command by main).
+_FULL_IDS = False
+
+
 def _short(value: str | None) -> str:
-    return (value or "-")[:12]
+    return (value or "-") if _FULL_IDS else (value or "-")[:12]
+
+
+def _projects() -> dict[str, str]:
+    from ds01cli.first_day import container_projects
+
+    return container_projects(gateway_socket())
 
 
 def cmd_limits(args: argparse.Namespace) -> int:
@@ -298,6 +308,9 @@ def cmd_limits(args: argparse.Namespace) -> int:
 
 def cmd_ps(args: argparse.Namespace) -> int:
     data = api("GET", "containers" + ("?all=1" if args.all else ""))
+    names = _projects()
+    for c in data["containers"]:
+        c["project"] = names.get(c["id"], "")
 
     def render(d: dict[str, Any]) -> str:
         rows = []
@@ -313,9 +326,10 @@ def cmd_ps(args: argparse.Namespace) -> int:
                 [
                     _short(c["id"]),
                     c["name"],
+                    c["project"] or "-",
                     c["user"] or "-",
                     c["state"],
-                    ", ".join(x[:16] for x in c["devices"]) or "-",
+                    ", ".join(x if _FULL_IDS else x[:16] for x in c["devices"]) or "-",
                     format_duration(life["idle_seconds"])
                     if life.get("idle_seconds") is not None
                     else "-",
@@ -328,7 +342,18 @@ def cmd_ps(args: argparse.Namespace) -> int:
         if not rows:
             return "no containers"
         return table(
-            rows, ["CONTAINER", "NAME", "USER", "STATE", "GPUS", "IDLE", "RUNTIME", "STOPS IN"]
+            rows,
+            [
+                "CONTAINER",
+                "NAME",
+                "PROJECT",
+                "USER",
+                "STATE",
+                "GPUS",
+                "IDLE",
+                "RUNTIME",
+                "STOPS IN",
+            ],
         )
 
     return _emit(args, data, render)
@@ -342,9 +367,11 @@ def cmd_gpus(args: argparse.Namespace) -> int:
         for dev in d["devices"]:
             state = dev["state"]
             shown = _colour(state, "32") if state == "free" else _colour(state, "33")
+            where = f"GPU {dev['gpu_index']}" if dev.get("gpu_index") is not None else "?"
             rows.append(
                 [
-                    dev["label"],
+                    f"{where} MIG {dev['profile']}" if dev.get("kind") == "mig" else where,
+                    dev["uuid"],
                     f"{dev['gpueq']:.2f}",
                     shown,
                     dev["user"] or "-",
@@ -353,7 +380,7 @@ def cmd_gpus(args: argparse.Namespace) -> int:
                 ]
             )
         out = [
-            table(rows, ["DEVICE", "GPUEQ", "STATE", "USER", "CONTAINER", "FOR"])
+            table(rows, ["DEVICE", "UUID", "GPUEQ", "STATE", "USER", "CONTAINER", "FOR"])
             if rows
             else "no GPUs in the inventory"
         ]
@@ -444,7 +471,11 @@ def cmd_users(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    gpus, users = api("GET", "gpus"), api("GET", "users")
+    gpus = api("GET", "gpus")
+    try:
+        users = api("GET", "users")
+    except Failure:  # not an admin: the device overview is still theirs to see
+        users = None
     data = {"gpus": gpus, "users": users}
 
     def render(d: dict[str, Any]) -> str:
@@ -471,6 +502,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                     ["DEVICE", "STATE", "USER", "CONTAINER", "FOR"],
                 )
             )
+        if d["users"] is None:
+            out.append("your own limits and containers: ds01 limits, ds01 ps")
+            return "\n".join(out)
         near = []
         for u in d["users"]["users"]:
             cap = u["max_gpu_equivalents"]
@@ -663,17 +697,36 @@ def build_parser() -> argparse.ArgumentParser:
     init = command(
         "init", cmd_init, "write .devcontainer/devcontainer.json asking for a GPU", json_flag=False
     )
-    init.add_argument("folder", nargs="?", default=".")
-    init.add_argument("--image", default="nvidia/cuda:12.4.1-runtime-ubuntu22.04")
-    init.add_argument("--no-gpu", dest="gpu", action="store_false")
-    init.add_argument("--force", action="store_true")
+    init.add_argument("folder", nargs="?", default=".", help="the folder (default: here)")
+    init.add_argument(
+        "--image",
+        default="nvidia/cuda:12.4.1-runtime-ubuntu22.04",
+        help="the image the Dev Container runs (default %(default)s)",
+    )
+    init.add_argument("--no-gpu", dest="gpu", action="store_false", help="ask for no GPU")
+    init.add_argument(
+        "--force", action="store_true", help="overwrite an existing devcontainer.json"
+    )
     doctor = command("doctor", cmd_doctor, "check this server's DS01 deployment", json_flag=False)
     doctor.add_argument("rest", nargs=argparse.REMAINDER)
-    return parser
+    from ds01cli import first_day
+
+    for name in ("ps", "gpus", "limits", "status", "why"):
+        sub.choices[name].add_argument(
+            "--no-trunc", action="store_true", help="full container IDs and device UUIDs"
+        )
+    first_day.add_commands(sub, api, show_value, Failure)
+    return first_day.finish(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    from ds01cli import first_day
+
+    argv = first_day.rewrite(sys.argv[1:] if argv is None else argv)
+    bare = first_day.before_parse(argv)
+    if bare is not None:  # bare ds01: a short overview, not an argparse error
+        print(bare[1])
+        return bare[0]
     if argv[:1] == ["doctor"]:  # its own options (socket paths) go to doctor's parser
         from ds01cli.doctor import doctor
 
@@ -683,6 +736,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return 2 if exc.code not in (0, None) else 0
+    global _FULL_IDS
+    _FULL_IDS = bool(getattr(args, "no_trunc", False))
     try:
         return int(args.func(args))
     except (PolicyError, Failure) as exc:

@@ -497,6 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ds01 doctor",
         description="Check this server's DS01 deployment; print each problem with its fix. "
         f"Defaults come from ds01d's unit ({UNIT_FILE}) when it exists.",
+        epilog="examples:\n  sudo ds01 doctor         # check everything\n"
+        "  sudo ds01 doctor --json  # one JSON object per check",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--unit", default=UNIT_FILE, help="ds01d's systemd unit to read flags from")
     parser.add_argument("--gateway-socket", help="default: /var/run/docker.sock")
