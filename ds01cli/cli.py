@@ -282,10 +282,13 @@ def cmd_limits(args: argparse.Namespace) -> int:
         ):
             rows.append([key, "", show_value(key, v[key]), src.get(key, "built-in")])
         out = [f"Limits for {who}", table(rows, ["WHAT", "IN USE", "LIMIT", "FROM"])]
+        names = _projects() if use["allocations"] else {}
         for alloc in use["allocations"]:
             devs = ", ".join(x["label"] for x in alloc["devices"])
+            project = names.get(alloc["container"] or "")
             out.append(
-                f"  holding {devs} in container {_short(alloc['container'])} "
+                f"  holding {devs} in container {_short(alloc['container'])}"
+                f"{f' (project {project})' if project else ''} "
                 f"({alloc['state']}, for {_ago(alloc['since'])})"
             )
         for row in d.get("lifecycle", []):
@@ -400,9 +403,11 @@ def cmd_gpus(args: argparse.Namespace) -> int:
 
 def cmd_why(args: argparse.Namespace) -> int:
     data = api("GET", f"why/{args.container}")
+    data["project"] = _projects().get(data["container"], "")
 
     def render(d: dict[str, Any]) -> str:
-        lines = [f"{d['name']} ({_short(d['container'])}):"]
+        project = f", project {d['project']}" if d["project"] else ""
+        lines = [f"{d['name']} ({_short(d['container'])}{project}):"]
         for e in d["events"]:
             extra = "; ".join(e.get("changes") or [])
             lines.append(

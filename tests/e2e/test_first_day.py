@@ -212,6 +212,10 @@ def test_setup_yes_without_a_terminal(site, small):
     assert f"wrote {folder}/Dockerfile" in result.stdout
     assert_runs_as_alice_with_a_gpu(small, "yes-proj", "yes-proj")
 
+    why = ds01(small, "why", "yes-proj")
+    assert why.stdout.splitlines()[0].endswith(", project yes-proj):"), why.stdout + why.stderr
+    limits = ds01(small, "limits")
+    assert "(project yes-proj)" in limits.stdout, limits.stdout + limits.stderr
     gpus = ds01(small, "gpus")  # whole UUIDs, to paste into --gpus device=
     assert "MIG-00000000-0000-0000-0000-0000000000b1" in gpus.stdout, gpus.stdout + gpus.stderr
     status = ds01(small, "status")  # a student gets the overview, not "for admins"
