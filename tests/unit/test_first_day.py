@@ -164,3 +164,23 @@ def test_concepts_topics_and_unknown_topic():
         assert code == 0 and text.startswith(concepts.BY_NAME[name].title)
     code, text = concepts.concepts("nonsense")
     assert code == 2 and text.startswith("no topic 'nonsense'. To fix: pick one of these.")
+
+
+def test_completion_and_man_page_come_from_the_parser(capsys, tmp_path):
+    """bash and zsh completion name the newer commands; bash accepts the script; the man page
+    documents every command."""
+    import subprocess
+
+    from ds01cli.cli import main
+
+    assert main(["completion", "bash"]) == 0
+    script = capsys.readouterr().out
+    assert "setup" in script and "concepts" in script
+    (tmp_path / "c.bash").write_text(script)
+    assert subprocess.run(["bash", "-n", str(tmp_path / "c.bash")]).returncode == 0
+    assert main(["completion", "zsh"]) == 0
+    assert capsys.readouterr().out.startswith("#compdef ds01")
+    assert main(["man"]) == 0
+    page = capsys.readouterr().out
+    assert page.startswith(".TH DS01 ")
+    assert "ds01 project init" in page and "ds01 keepalive" in page
