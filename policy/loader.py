@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from dataclasses import dataclass
@@ -62,31 +63,28 @@ class _StrictLoader(yaml.SafeLoader):
 _StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", _StrictLoader.construct_yaml_str)
 
 
-def _duplicate_key(node: yaml.Node | None, path: list[Any]) -> tuple[list[Any], int] | None:
-    """The path and line of the first key written twice in one mapping (PyYAML would keep the
+def _duplicate_keys(node: yaml.Node | None, path: list[Any]) -> list[tuple[list[Any], int]]:
+    """The path and line of every key written twice in one mapping (PyYAML would keep the
     last silently, as a request body must not either)."""
+    found: list[tuple[list[Any], int]] = []
     if isinstance(node, yaml.MappingNode):
         seen = set()
         for key_node, value_node in node.value:
             key = key_node.value
             if key in seen:
-                return [*path, key], key_node.start_mark.line + 1
+                found.append(([*path, key], key_node.start_mark.line + 1))
             seen.add(key)
-            found = _duplicate_key(value_node, [*path, key])
-            if found:
-                return found
+            found += _duplicate_keys(value_node, [*path, key])
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            found = _duplicate_key(item, [*path, i])
-            if found:
-                return found
-    return None
+            found += _duplicate_keys(item, [*path, i])
+    return found
 
 
-def _non_finite(value: Any, path: list[Any]) -> list[Any] | None:
-    """The path of the first NaN or infinity in ``value`` (jsonschema's bounds let them by)."""
+def _non_finite(value: Any, path: list[Any]) -> list[list[Any]]:
+    """The paths of every NaN or infinity in ``value`` (jsonschema's bounds let them by)."""
     if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        return path
+        return [path]
     items = (
         value.items()
         if isinstance(value, dict)
@@ -94,45 +92,104 @@ def _non_finite(value: Any, path: list[Any]) -> list[Any] | None:
         if isinstance(value, list)
         else ()
     )
-    for key, item in items:
-        found = _non_finite(item, [*path, key])
-        if found is not None:
-            return found
-    return None
+    return [found for key, item in items for found in _non_finite(item, [*path, key])]
+
+
+# Plain words for the YAML parser's complaints, which are nearly always indentation mistakes.
+_INDENTATION = (
+    "the indentation of this line does not match the lines above: keys of one mapping start "
+    "in the same column, and a key's own settings go further right, under it"
+)
+_YAML_PLAIN = (
+    ("found character '\\t'", "a tab character: indent with spaces only, never tabs"),
+    ("expected <block end>", _INDENTATION),
+    ("did not find expected key", _INDENTATION),
+    ("could not find expected ':'", "a line that is not `key: value`: " + _INDENTATION),
+    (
+        "mapping values are not allowed here",
+        "a `key:` where YAML expected none: check this line's indentation, "
+        "or quote a value that contains ': '",
+    ),
+)
+
+
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    problem = str(getattr(exc, "problem", None) or exc)
+    for pattern, plain in _YAML_PLAIN:
+        if pattern in problem:
+            return f"not valid YAML: {plain}"
+    return f"not valid YAML: {problem}"
+
+
+def check_policy(
+    text: str, source: str = "policy.yaml"
+) -> tuple[PolicyDocument | None, list[PolicyError]]:
+    """Every problem of policy text, in file order; the document only when there are none."""
+    document, ranked = _check(text, source)
+    errors = [e for _, e in sorted(ranked, key=lambda r: (r[1].line or 0, r[1].path))]
+    return document, errors
 
 
 def parse_policy(text: str, source: str = "policy.yaml") -> PolicyDocument:
-    """Parse and validate policy text; raise PolicyError for the first problem found."""
+    """Parse and validate policy text; raise PolicyError for the most telling problem."""
+    document, ranked = _check(text, source)
+    if document is None:
+        raise min(ranked, key=lambda r: r[0])[1]
+    return document
+
+
+_Ranked = list[tuple[tuple[Any, ...], PolicyError]]
+
+
+def _check(text: str, source: str) -> tuple[PolicyDocument | None, _Ranked]:
     try:
         root = yaml.compose(text, Loader=_StrictLoader)
         data = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None
-        reason = f"not valid YAML: {getattr(exc, 'problem', exc)}"
-        raise PolicyError(source, line, "", reason) from None
+        return None, [((0,), PolicyError(source, line, "", _yaml_reason(exc)))]
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise PolicyError(source, 1, "", "the policy must be a mapping with defaults/groups/users")
-    duplicate = _duplicate_key(root, [])
-    if duplicate is not None:
-        path, line = duplicate
-        raise PolicyError(source, line, _dotted(path), "this key is written twice in one mapping")
-    bad = _non_finite(data, [])
-    if bad is not None:
-        raise PolicyError(source, _line_of(root, bad), _dotted(bad), "not a finite number")
-    errors = list(_VALIDATOR.iter_errors(data))
-    if errors:
-        error = _most_specific(min(errors, key=_rank))
-        path = list(error.absolute_path)
-        if error.validator in _UNKNOWN_KEY:
-            path.append(_unknown_keys(error)[0])
-        raise PolicyError(source, _line_of(root, path), _dotted(path), _reason(error))
-    return PolicyDocument(data=data, source=source)
+        reason = "the policy must be a mapping with defaults/groups/users"
+        return None, [((0,), PolicyError(source, 1, "", reason))]
+    ranked: _Ranked = []
+    for path, line in _duplicate_keys(root, []):
+        error = PolicyError(source, line, _dotted(path), "this key is written twice in one mapping")
+        ranked.append(((1, line), error))
+    for path in _non_finite(data, []):
+        error = PolicyError(source, _line_of(root, path), _dotted(path), "not a finite number")
+        ranked.append(((2, error.line or 0), error))
+    seen: set[tuple[str, str]] = set()
+    for rank, path, reason in _schema_problems(data):
+        if (_dotted(path), reason) not in seen:
+            seen.add((_dotted(path), reason))
+            ranked.append(
+                ((3, *rank), PolicyError(source, _line_of(root, path), _dotted(path), reason))
+            )
+    if ranked:
+        return None, ranked
+    return PolicyDocument(data=data, source=source), []
 
 
 _UNKNOWN_KEY = ("additionalProperties", "unevaluatedProperties")
+_SCHEMA = load_schema()
+
+
+def _schema_problems(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], list[Any], str]]:
+    """(rank, key path, reason) of every schema violation, one per unknown key."""
+    out = []
+    for top in _VALIDATOR.iter_errors(data):
+        error = _most_specific(top)
+        path = list(error.absolute_path)
+        if error.validator in _UNKNOWN_KEY:
+            allowed = _allowed_keys(error.schema)
+            for key in _unknown_keys(error, allowed):
+                out.append((_rank(error), [*path, key], _unknown_reason(path, key, allowed)))
+        else:
+            out.append((_rank(error), path, _plain(error, path) or _reason(error)))
+    return out
 
 
 def _rank(error: jsonschema.ValidationError) -> tuple[int, int, str]:
@@ -147,20 +204,72 @@ def _most_specific(error: jsonschema.ValidationError) -> jsonschema.ValidationEr
     return error
 
 
-def _unknown_keys(error: jsonschema.ValidationError) -> list[str]:
-    allowed = set(error.schema.get("properties", {})) if isinstance(error.schema, dict) else set()
-    keys = (
-        [k for k in error.instance if k not in allowed] if isinstance(error.instance, dict) else []
-    )
-    quoted = re.findall(r"'([^']+)'", error.message)
-    return [k for k in keys if k in quoted] or quoted or ["?"]
+def _deref(schema: Any) -> Any:
+    ref = schema.get("$ref", "") if isinstance(schema, dict) else ""
+    if not ref.startswith("#/"):
+        return None
+    node: Any = _SCHEMA
+    for part in ref[2:].split("/"):
+        node = node[part]
+    return node
+
+
+def _allowed_keys(schema: Any) -> set[str]:
+    """Every key a mapping under ``schema`` may have (its properties, through $ref and allOf)."""
+    if not isinstance(schema, dict):
+        return set()
+    keys = set(schema.get("properties", {}))
+    keys |= _allowed_keys(_deref(schema))
+    for sub in schema.get("allOf", []):
+        keys |= _allowed_keys(sub)
+    return keys
+
+
+def _unknown_keys(error: jsonschema.ValidationError, allowed: set[str]) -> list[str]:
+    # A known key whose value failed is also "unevaluated": its own error says more.
+    if isinstance(error.instance, dict):
+        return [str(k) for k in error.instance if str(k) not in allowed]
+    return re.findall(r"'([^']+)'", error.message) or ["?"]
+
+
+_LIMIT_KEYS = frozenset(_SCHEMA["$defs"]["limits"]["properties"])
+_README = "see the configuration reference in README.md"
+
+
+def _unknown_reason(path: list[Any], key: str, allowed: set[str]) -> str:
+    if not path and key in _LIMIT_KEYS:
+        return (
+            f"unknown key at the top level: {key} is a limit, so it belongs under defaults:, "
+            "a group or a user (indent it under one of them)"
+        )
+    if key in ("members", "unix_groups") and path[:1] == ["users"]:
+        return f"unknown key; {key} belongs to a group (groups.NAME.{key}), not to a user"
+    near = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.6)
+    if near:
+        return f"unknown key; did you mean {near[0]}? ({_README})"
+    return f"unknown key; {_README}"
+
+
+def _plain(error: jsonschema.ValidationError, path: list[Any]) -> str | None:
+    """Plain words for the type errors an indentation mistake makes, else None."""
+    if error.validator != "type" or "object" not in str(error.validator_value):
+        return None
+    name = str(path[-1]) if path else ""
+    if len(path) == 2 and path[0] in ("groups", "users") and name in _LIMIT_KEYS:
+        owner = "group" if path[0] == "groups" else "user"
+        return f"{name} is a limit, not a {owner}: indent it further, under the {owner} above it"
+    if error.instance is None:
+        return (
+            f"empty: its settings belong on the lines below it, indented further than `{name}:`"
+            if name
+            else "empty"
+        )
+    return None
 
 
 def _reason(error: jsonschema.ValidationError) -> str:
     if error.validator == "format" and error.cause is not None:
         return str(error.cause)
-    if error.validator in _UNKNOWN_KEY:
-        return "unknown key; see the configuration reference in README.md"
     if error.validator == "type" and error.parent is not None:
         # In an anyOf of null and a type, name the type that was meant, not "null".
         wanted = [

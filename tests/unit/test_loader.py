@@ -6,7 +6,13 @@ import textwrap
 
 import pytest
 
-from policy.loader import PolicyDocument, PolicyError, default_policy_text, parse_policy
+from policy.loader import (
+    PolicyDocument,
+    PolicyError,
+    check_policy,
+    default_policy_text,
+    parse_policy,
+)
 
 README_EXAMPLE = """\
 defaults:
@@ -113,6 +119,14 @@ groups:
     memory: 32 gigs
 """
 
+DID_YOU_MEAN_MEMORY = (
+    "unknown key; did you mean memory? (see the configuration reference in README.md)"
+)
+INDENTATION = (
+    "the indentation of this line does not match the lines above: keys of one mapping start "
+    "in the same column, and a key's own settings go further right, under it"
+)
+
 CASES: list[tuple[str, str, str]] = [
     (
         "bad size on line 12",
@@ -127,7 +141,7 @@ CASES: list[tuple[str, str, str]] = [
 
           memroy: 32g
         """,
-        "policy.yaml:4 defaults.memroy: unknown key; see the configuration reference in README.md",
+        f"policy.yaml:4 defaults.memroy: {DID_YOU_MEAN_MEMORY}",
     ),
     (
         "typo in a group",
@@ -139,8 +153,7 @@ CASES: list[tuple[str, str, str]] = [
             members: [alice]
             memroy: 16g
         """,
-        "policy.yaml:6 groups.students.memroy: "
-        "unknown key; see the configuration reference in README.md",
+        f"policy.yaml:6 groups.students.memroy: {DID_YOU_MEAN_MEMORY}",
     ),
     (
         "typo in users",
@@ -150,7 +163,7 @@ CASES: list[tuple[str, str, str]] = [
             max_gpus: 1
             memroy: 64g
         """,
-        "policy.yaml:4 users.alice.memroy: unknown key; see the configuration reference in README.md",
+        f"policy.yaml:4 users.alice.memroy: {DID_YOU_MEAN_MEMORY}",
     ),
     (
         "typo at the top level",
@@ -159,12 +172,13 @@ CASES: list[tuple[str, str, str]] = [
         defualts:
           memory: 1g
         """,
-        "policy.yaml:2 defualts: unknown key; see the configuration reference in README.md",
+        "policy.yaml:2 defualts: unknown key; did you mean defaults? "
+        "(see the configuration reference in README.md)",
     ),
     (
         "typo in a flow mapping",
         "defaults: {max_cpus: 8, memroy: 1g}\n",
-        "policy.yaml:1 defaults.memroy: unknown key; see the configuration reference in README.md",
+        f"policy.yaml:1 defaults.memroy: {DID_YOU_MEAN_MEMORY}",
     ),
     (
         "typo inside aggregate",
@@ -175,12 +189,13 @@ CASES: list[tuple[str, str, str]] = [
             cpu: 4
         """,
         "policy.yaml:4 defaults.aggregate.cpu: "
-        "unknown key; see the configuration reference in README.md",
+        "unknown key; did you mean cpus? (see the configuration reference in README.md)",
     ),
     (
         "members in users",
         "users:\n  alice:\n    members: [x]\n",
-        "policy.yaml:3 users.alice.members: unknown key; see the configuration reference in README.md",
+        "policy.yaml:3 users.alice.members: "
+        "unknown key; members belongs to a group (groups.NAME.members), not to a user",
     ),
     (
         "unknown container type",
@@ -226,7 +241,8 @@ CASES: list[tuple[str, str, str]] = [
     (
         "empty group",
         "groups:\n  students:\n",
-        "policy.yaml:2 groups.students: None is not of type 'object'",
+        "policy.yaml:2 groups.students: "
+        "empty: its settings belong on the lines below it, indented further than `students:`",
     ),
     (
         "size is a boolean",
@@ -390,12 +406,12 @@ CASES: list[tuple[str, str, str]] = [
     (
         "bad indentation",
         "defaults:\n  memory: 32g\n max_cpus: 8\n",
-        "policy.yaml:3: not valid YAML: expected <block end>, but found '<block mapping start>'",
+        f"policy.yaml:3: not valid YAML: {INDENTATION}",
     ),
     (
         "tab indentation",
         "defaults:\n\tmemory: 1g\n",
-        "policy.yaml:2: not valid YAML: found character '\\t' that cannot start any token",
+        "policy.yaml:2: not valid YAML: a tab character: indent with spaces only, never tabs",
     ),
 ]
 
@@ -453,3 +469,82 @@ def test_refuses_duplicate_keys() -> None:
     """A key written twice in one mapping is an error on the second line, not last-one-wins."""
     error = policy_error("defaults:\n  memory: 32g\n  max_cpus: 8\n  memory: 1p\n")
     assert (error.line, error.path) == (4, "defaults.memory")
+
+
+# ---- every problem at once, in plain words (issue 14, item 8) -------------------------------
+
+
+def test_check_policy_reports_every_problem_in_file_order() -> None:
+    """Not just the first: each bad value, typo and duplicate gets its own file:line message."""
+    text = (
+        "default:\n"  # 1
+        "  max_gpus: 1\n"
+        "groups:\n"
+        "  students:\n"  # 4
+        "    max_gpu: 1\n"
+        "    memory: lots\n"
+        "    max_cpus: -2\n"  # 7
+        "users:\n"
+        "  alice:\n"
+        "    priority: high\n"  # 10
+        "    priority: 3\n"
+    )
+    document, errors = check_policy(text)
+    assert document is None
+    assert [str(e) for e in errors] == [
+        "policy.yaml:1 default: unknown key; did you mean defaults? "
+        "(see the configuration reference in README.md)",
+        "policy.yaml:5 groups.students.max_gpu: unknown key; did you mean max_gpus? "
+        "(see the configuration reference in README.md)",
+        "policy.yaml:6 groups.students.memory: 'lots' is not a size like 32g",
+        "policy.yaml:7 groups.students.max_cpus: -2 is less than or equal to the minimum of 0",
+        "policy.yaml:11 users.alice.priority: this key is written twice in one mapping",
+    ]
+
+
+def test_check_policy_of_a_valid_policy_has_no_errors() -> None:
+    """A valid policy gives its document and an empty list."""
+    document, errors = check_policy("defaults:\n  max_gpus: 1\n")
+    assert errors == [] and document is not None and document.data["defaults"]["max_gpus"] == 1
+
+
+def test_a_close_miss_of_nothing_gets_no_suggestion() -> None:
+    """A key like nothing known is reported without a made-up suggestion."""
+    (error,) = check_policy("defaults:\n  colour: blue\n")[1]
+    assert error.reason == "unknown key; see the configuration reference in README.md"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "defaults:\nmax_gpus: 1\n",
+            [
+                "policy.yaml:1 defaults: empty: its settings belong on the lines below it, "
+                "indented further than `defaults:`",
+                "policy.yaml:2 max_gpus: unknown key at the top level: max_gpus is a limit, so "
+                "it belongs under defaults:, a group or a user (indent it under one of them)",
+            ],
+        ),
+        (
+            "groups:\n  students:\n    members: [alice]\n  max_gpus: 1\n",
+            [
+                "policy.yaml:4 groups.max_gpus: max_gpus is a limit, not a group: "
+                "indent it further, under the group above it",
+            ],
+        ),
+        (
+            "users:\n  alice:\n  memory: 1g\n",
+            [
+                "policy.yaml:2 users.alice: empty: its settings belong on the lines below it, "
+                "indented further than `alice:`",
+                "policy.yaml:3 users.memory: memory is a limit, not a user: "
+                "indent it further, under the user above it",
+            ],
+        ),
+    ],
+)
+def test_indentation_mistakes_are_named_in_plain_words(text: str, message: list[str]) -> None:
+    """No "None is not of type 'object'": the message says where the setting belongs."""
+    assert [str(e) for e in check_policy(text)[1]] == message
+    assert "is not of type" not in str(policy_error(text))
