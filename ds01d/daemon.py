@@ -190,6 +190,7 @@ class Daemon:
             self.broker.ledger, len(self.broker.queue)
         )
         self.broker.record = self.recorder.event
+        self.broker.on_wait_end = self.metrics.observe_queue_wait
         self.broker.hold_after_stop = self._gpu_hold_after_stop
         self.cgroups = None if args.no_cgroups else self._cgroups(args)
         self.service = Service(
@@ -275,7 +276,8 @@ class Daemon:
         return tuple(sorted(paths))
 
     async def start(self) -> None:
-        app = plugin_app(self.service.authz_request, self.service.authz_response)
+        timed = self.recorder.timed_authz
+        app = plugin_app(timed(self.service.authz_request), timed(self.service.authz_response))
         self.runners.append(await serve_unix(app, self.args.plugin_socket, 0o660))
         log.info("AuthZ plugin listening on %s", self.args.plugin_socket)
         if self.args.gateway_socket:

@@ -72,6 +72,7 @@ class GpuBroker:
             lambda user, uid, labels: self.limits_for(user, uid).gpu_hold_after_stop
         )
         self.record: Callable[..., None] = lambda event, **fields: None  # the audit log
+        self.on_wait_end: Callable[[float], None] = lambda seconds: None  # queue wait metric
 
     # ---- create ---------------------------------------------------------------------------
 
@@ -175,6 +176,8 @@ class GpuBroker:
                 "try again later, or see who holds what with `ds01 gpus`",
                 status=409,
             )
+        finally:
+            self.on_wait_end(self.clock() - now)  # served, timed out or gone away alike
         self._waiters.pop(ticket.id, None)
         if isinstance(outcome, Refusal):
             return refusal_decision(outcome)

@@ -274,6 +274,8 @@ class Lifecycle:
         settings = self.settings()
         listed = await self.docker.list_containers({"label": [LABEL_USER]})
         infos = await self._inspect_all(entry.get("Id", "") for entry in listed)
+        if self.metrics is not None:  # ds01_containers: DS01's containers per owner and state
+            self.metrics.set_containers([{"user": i.user, "state": i.state} for i in infos])
         self.high_demand = self._demand(settings)
         samples = await self._sample_all([i for i in infos if i.state == "running"])
         now = self.clock()

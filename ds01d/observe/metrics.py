@@ -200,14 +200,16 @@ class Metrics:
         )
         self.authz_duration = Histogram(
             "ds01_authz_request_duration_seconds",
-            "Time to answer one AuthZ request or response call from dockerd.",
+            "Time ds01d takes to answer one AuthZ call from dockerd (request or response "
+            "phase; direct access, gateway tickets and ds01d's own calls alike).",
             ["endpoint"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.gateway_duration = Histogram(
             "ds01_gateway_request_duration_seconds",
-            "Gateway time until the response head is sent (streams are not timed to the end).",
+            "Time ds01d takes to decide one gateway request: looking up the objects it names "
+            "and applying the policy (not the GPU queue, forwarding, or dockerd's own work).",
             ["endpoint"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -409,7 +411,7 @@ def parse_address(address: str) -> tuple[str, int] | str:
         return path
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{address!r} is not HOST:PORT (e.g. 127.0.0.1:9101)")
+        raise ValueError(f"{address!r} is not HOST:PORT (e.g. 127.0.0.1:9401)")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     return (host or "0.0.0.0", int(port))
 

@@ -6,15 +6,19 @@ One place turns a Decision into its metric sample and its audit line, so both al
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from allocator.ledger import Ledger, State
+from authz_plugin.authz import Authorizer, AuthzAnswer, AuthzRequest
 from ds01d.host.dcgm_mapping import JobMappingDir
 from ds01d.observe.audit import AuditLog
 from ds01d.observe.metrics import Metrics
 from policy.decision import Decision
+from policy.engine import route_of
 from policy.identity import Identity
 from policy.routes import Route
+from policy.state import Request
 
 log = logging.getLogger("ds01.recorder")
 
@@ -56,7 +60,10 @@ class Recorder:
     ) -> None:
         endpoint = route.endpoint if route else "unroutable"
         if self.metrics is not None:
-            self.metrics.record_decision(door, endpoint, decision.allowed, decision.code, seconds)
+            # The AuthZ door's latency is timed around each whole plugin call (timed_authz),
+            # which also covers the calls that need no decision (gateway tickets).
+            timed = seconds if door != "authz" else None
+            self.metrics.record_decision(door, endpoint, decision.allowed, decision.code, timed)
         if self.audit is None:
             return
         if (
@@ -79,6 +86,25 @@ class Recorder:
             door=door,
             channel=identity.channel.value,
         )
+
+    def timed_authz(self, authorize: Authorizer) -> Authorizer:
+        """``authorize`` observing ``ds01_authz_request_duration_seconds`` on every call.
+
+        Every AuthZ call dockerd makes is timed, whatever answers it: a decision for direct
+        access, the re-check of a gateway ticket, ds01d's own calls, and the response phase.
+        """
+
+        async def timed(req: AuthzRequest) -> AuthzAnswer:
+            started = time.perf_counter()
+            try:
+                return await authorize(req)
+            finally:
+                if self.metrics is not None:
+                    route = route_of(Request(req.method, req.uri))
+                    endpoint = route.endpoint if route else "unroutable"
+                    self.metrics.observe_latency("authz", endpoint, time.perf_counter() - started)
+
+        return timed
 
     def event(self, event: str, **fields: Any) -> None:
         if self.audit is not None:

@@ -349,3 +349,63 @@ def test_parse_address_rejects(address: str) -> None:
     """Bad addresses fail with a message naming the expected form."""
     with pytest.raises(ValueError, match=r"HOST:PORT|unix:"):
         parse_address(address)
+
+
+# -- what production code feeds ------------------------------------------------------------------
+
+
+async def test_every_authz_call_is_timed_ticketed_ones_too(metrics: Metrics) -> None:
+    """timed_authz observes the AuthZ histogram once per call, by route, whatever answers it;
+    a decision recorded for the authz door does not observe it a second time."""
+    from authz_plugin.authz import AuthzAnswer, AuthzRequest
+    from ds01d.observe.recorder import Recorder
+    from policy.decision import allow
+    from policy.identity import direct_identity
+    from policy.routes import parse_route
+
+    recorder = Recorder(metrics, None)
+
+    async def ticketed(_: AuthzRequest) -> AuthzAnswer:  # a gateway ticket: no decision made
+        return AuthzAnswer(True)
+
+    async def decided(req: AuthzRequest) -> AuthzAnswer:  # direct access: a recorded decision
+        route = parse_route(req.method, req.uri)
+        recorder.decision("authz", route, direct_identity(), allow(), 0.001)
+        return AuthzAnswer(True)
+
+    start = AuthzRequest(
+        user="", method="POST", uri="/v1.41/containers/abc/start", headers={}, body=None
+    )
+    await recorder.timed_authz(ticketed)(start)
+    await recorder.timed_authz(decided)(start)
+    s = scrape(metrics)
+    az = "ds01_authz_request_duration_seconds_count"
+    assert value(s, az, endpoint="/containers/{id}/start") == 2
+    assert value(s, "ds01_gateway_request_duration_seconds_count") is None
+
+
+async def test_queue_waits_are_observed_when_served_and_when_given_up(metrics: Metrics) -> None:
+    """The broker reports each wait's length as it ends: served, or timed out."""
+    import asyncio
+
+    from allocator.request import GpuRequest
+    from tests.unit.test_gpu_broker import NOW, broker, take_both_whole_gpus, who
+
+    b, _ = broker()
+    b.on_wait_end = metrics.observe_queue_wait
+    holders = await take_both_whole_gpus(b)
+    mid = b.table["mid"]  # type: ignore[attr-defined]
+    waiter = asyncio.create_task(b.reserve(who("mid"), mid, GpuRequest(count=1), {}, NOW))
+    await asyncio.sleep(0.01)
+    b.clock.now = NOW + 20  # type: ignore[attr-defined]
+    b.container_destroyed(holders[0])
+    await asyncio.wait_for(waiter, 1)
+    s = scrape(metrics)
+    assert value(s, "ds01_queue_wait_seconds_count") == 1
+    assert value(s, "ds01_queue_wait_seconds_bucket", le="15.0") == 0
+    assert value(s, "ds01_queue_wait_seconds_bucket", le="30.0") == 1
+    gives_up = await b.reserve(
+        who("mid", 1001), mid, GpuRequest(count=1), {"Labels": {"ds01.wait": "0.05s"}}, NOW + 20
+    )
+    assert not gives_up.allowed  # type: ignore[union-attr]
+    assert value(scrape(metrics), "ds01_queue_wait_seconds_count") == 2
