@@ -1,6 +1,7 @@
 """The live policy: loaded from a file (or the built-in default), reloaded on change or SIGHUP.
 
-A new policy that does not validate is rejected with its error logged; the old one stays.
+A new policy that does not validate is rejected and the old one stays; the rejection is kept
+(``rejected``) until a valid policy loads, so ``ds01 status`` and ``ds01 doctor`` can say so.
 """
 
 from __future__ import annotations
@@ -8,13 +9,25 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pwd
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
+from ds01d.identities import identity_for_uid
 from policy.identity import Identity
 from policy.limits import Limits, resolve
 from policy.loader import PolicyDocument, PolicyError, default_policy_text, parse_policy
 
 log = logging.getLogger("ds01.policy")
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A reload that failed: the policy in force is still the previous one."""
+
+    error: str  # ``file:line key: reason`` of the first problem
+    at: float  # when (epoch seconds)
 
 
 class PolicyStore:
@@ -26,6 +39,8 @@ class PolicyStore:
         self._mtime: float | None = None
         self._limits: dict[Identity, Limits] = {}  # resolved once per identity and policy
         self.document, self.sha256 = self._read()  # the first load must succeed: fail to start
+        self.loaded_at = time.time()
+        self.rejected: Rejection | None = None
 
     def _read(self) -> tuple[PolicyDocument, str]:
         if self.path is None:
@@ -43,9 +58,11 @@ class PolicyStore:
             document, sha = self._read()
         except (OSError, PolicyError) as exc:
             log.error("policy reload rejected, keeping the previous policy: %s", exc)
+            self.rejected = Rejection(str(exc), time.time())
             self._on_reload(False, str(exc))
             return False
         self.document, self.sha256 = document, sha
+        self.loaded_at, self.rejected = time.time(), None
         self._limits = {}
         log.info("policy reloaded from %s (sha256 %s)", document.source, sha[:12])
         self._on_reload(True, sha)
@@ -66,6 +83,15 @@ class PolicyStore:
                 self._limits.clear()
             limits = self._limits[identity] = resolve(self.document, identity)
         return limits
+
+    def limits_for_user(self, user: str) -> Limits:
+        """The limits of a user known only by name, as the gateway would resolve them: their
+        Unix groups (NSS) included, so ``unix_groups:`` mappings count in every admin view."""
+        try:
+            entry = pwd.getpwnam(user)
+        except (KeyError, ValueError):  # not a Unix user (or a name with a NUL byte)
+            return self.limits(Identity(uid=None, user=user))
+        return self.limits(identity_for_uid(entry.pw_uid))
 
     @property
     def cgroup_driver(self) -> str:

@@ -49,3 +49,32 @@ def test_invalid_policy_at_start_is_an_error(tmp_path):
     path.write_text("defaults: [1, 2]\n")
     with pytest.raises(PolicyError):
         PolicyStore(str(path))
+
+
+def test_a_rejected_reload_is_remembered_until_a_valid_policy_loads(tmp_path):
+    """The rejection (error and time) stays visible while the old policy is in force."""
+    path = tmp_path / "policy.yaml"
+    path.write_text("defaults:\n  memory: 1g\n")
+    store = PolicyStore(str(path))
+    assert store.rejected is None
+    path.write_text("defaults:\n  max_gpu: 1\n")
+    assert not store.reload()
+    assert store.rejected is not None and "defaults.max_gpu: unknown key" in store.rejected.error
+    assert not store.reload() and store.rejected is not None  # still broken: still reported
+    path.write_text("defaults:\n  memory: 2g\n")
+    assert store.reload() and store.rejected is None
+
+
+def test_limits_for_user_include_their_unix_groups(tmp_path):
+    """A user mapped only through unix_groups: gets that group's limits by name (NSS), as
+    the gateway gives them; without groups they would fall back to defaults."""
+    import grp
+    import pwd
+
+    root_group = grp.getgrgid(pwd.getpwnam("root").pw_gid).gr_name
+    path = tmp_path / "policy.yaml"
+    path.write_text(f"groups:\n  staff:\n    unix_groups: [{root_group}]\n    memory: 3g\n")
+    store = PolicyStore(str(path))
+    limits = store.limits_for_user("root")
+    assert (limits.group, limits.memory) == ("staff", 3 * 2**30)
+    assert store.limits_for_user("no-such-user-ds01").group == "default"
