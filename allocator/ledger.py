@@ -17,6 +17,7 @@ from formats.labels import allocation_labels
 from . import quota as quotas
 from . import refusal
 from .inventory import Device, Gpu, Inventory
+from .placement import Audience
 from .plan import plan
 from .quota import Quota, QuotaLimits, Usage
 from .refusal import Holder, Refusal
@@ -129,6 +130,8 @@ class Ledger:
         # snapshot taken at ``version`` V keeps what changed after V (see ``rebuild``).
         self._version = 0
         self._changed: dict[str, int] = {}
+        # Who may use what under the policy (placement.audiences); the daemon sets it.
+        self.audiences: tuple[Audience, ...] = ()
 
     @property
     def version(self) -> int:
@@ -214,7 +217,15 @@ class Ledger:
         ``exclude``: devices promised to earlier requests in the queue.
         """
         quota = Quota.from_limits(limits)
-        result = plan(request, quota, self.usage(user), self.inventory, self.busy(exclude), now)
+        result = plan(
+            request,
+            quota,
+            self.usage(user),
+            self.inventory,
+            self.busy(exclude),
+            now,
+            self.audiences,
+        )
         if isinstance(result, Refusal):
             return result
         rid = f"r{next(self._ids)}"

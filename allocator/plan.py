@@ -1,7 +1,9 @@
 """Deciding which devices a request gets: the kinds the policy permits, quotas, then placement.
 
 Users allowed full GPUs get whole GPUs while their quota and the free GPUs allow, else MIG
-instances; the others get MIG instances. A count request gets devices of one kind (CUDA sees
+instances; the others get MIG instances. Given the policy's audiences (who may use what), the
+kind and devices are the ones that leave the others the most options (``placement``), and
+whole GPUs come last where that is a tie. A count request gets devices of one kind (CUDA sees
 one MIG instance per process anyway); explicit device IDs are honoured as named when the
 user may have them and they are free. ``--gpus all`` means as many as the policy allows.
 """
@@ -15,7 +17,7 @@ from formats.units import format_size
 from . import quota as quotas
 from . import refusal
 from .inventory import Device, Inventory
-from .placement import pick, within_gpueq
+from .placement import Audience, options_left, pick, within_gpueq
 from .quota import Quota, Usage
 from .refusal import Holder, Refusal
 from .request import GpuRequest
@@ -27,9 +29,18 @@ _NAMES = {"gpu": ("whole GPU", "whole GPUs"), "mig": ("MIG instance", "MIG insta
 
 
 def plan(
-    request: GpuRequest, quota: Quota, usage: Usage, inventory: Inventory, busy: Busy, now: float
+    request: GpuRequest,
+    quota: Quota,
+    usage: Usage,
+    inventory: Inventory,
+    busy: Busy,
+    now: float,
+    others: Sequence[Audience] = (),
 ) -> tuple[Device, ...] | Refusal:
-    """The devices to reserve for ``request``, or why not."""
+    """The devices to reserve for ``request``, or why not.
+
+    ``others``: the policy's audiences (``placement.audiences``); none keeps the plain order.
+    """
     if request.explicit:
         return _plan_explicit(request, quota, usage, inventory, busy, now)
     if (
@@ -43,11 +54,17 @@ def plan(
         code = refusal.QUOTA_GPUS if quota.allow_full_gpu else refusal.QUOTA_MIG
         return refusal.quota_count(code, 0, 0, request.count or 1, ())
     failures: list[Refusal] = []
+    found: list[tuple[Device, ...]] = []
     for kind in kinds:
-        result = _plan_kind(kind, request, quota, usage, inventory, busy, now)
-        if not isinstance(result, Refusal):
+        result = _plan_kind(kind, request, quota, usage, inventory, busy, now, others)
+        if isinstance(result, Refusal):
+            failures.append(result)
+        elif not others:
             return result
-        failures.append(result)
+        else:
+            found.append(result)
+    if found:
+        return _kindest(found, inventory, busy, others)
     # Waiting helps with a full server, not with a quota: report capacity when it is the cause.
     waitable = [f for f in failures if f.waitable]
     if len(waitable) > 1:
@@ -76,6 +93,7 @@ def _plan_kind(
     inventory: Inventory,
     busy: Busy,
     now: float,
+    others: Sequence[Audience],
 ) -> tuple[Device, ...] | Refusal:
     one, many = _NAMES[kind]
     usable = pool(kind, request, quota, inventory)
@@ -100,12 +118,29 @@ def _plan_kind(
             waitable=False,
         )
     free = [d for d in usable if d.uuid not in busy]
-    chosen = pick(free, wanted, inventory, busy)
+    chosen = pick(free, wanted, inventory, busy, others)
     if request.all and chosen:
         chosen = within_gpueq(chosen, usage.gpueq_left(quota)) or chosen[:1]
     if not chosen or (request.count is not None and len(chosen) < request.count):
         return _no_capacity([kind], request, quota, inventory, busy, now)
     return quotas.check_gpueq(quota, usage, chosen) or chosen
+
+
+def _kindest(
+    choices: Sequence[tuple[Device, ...]],
+    inventory: Inventory,
+    busy: Busy,
+    others: Sequence[Audience],
+) -> tuple[Device, ...]:
+    """Of one choice per kind, the one that leaves the others the most options; on a tie the
+    MIG instances, so whole GPUs go last to those who may use MIG."""
+    free = [d for d in inventory.devices if d.uuid not in busy]
+
+    def key(devices: tuple[Device, ...]) -> tuple[tuple[int, ...], bool]:
+        left = options_left(free, set(devices), others)
+        return tuple(-n for n in left), not devices[0].is_mig
+
+    return min(choices, key=key)
 
 
 def _no_capacity(

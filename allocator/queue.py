@@ -159,7 +159,7 @@ def holds_for(ticket: Ticket, ledger: Ledger, kept: Collection[str]) -> set[str]
         free = [d for d in group if ledger.holder_of(d.uuid) is None and d.uuid not in kept]
         if len(free) >= need:
             busy = {*kept, *ledger.busy()}
-            return {d.uuid for d in pick(free, need, ledger.inventory, busy)}
+            return {d.uuid for d in pick(free, need, ledger.inventory, busy, ledger.audiences)}
         wanted = {d.uuid for d in group} - {d.uuid for d in free}
         if any(
             _frees_enough(a, ticket.user, wanted, need - len(free), request.explicit)

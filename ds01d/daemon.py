@@ -36,6 +36,7 @@ from ds01d.observe.recorder import Recorder
 from ds01d.policy_store import PolicyStore
 from ds01d.service import Service
 from gateway import limits as gl
+from policy.gpu_audiences import gpu_audiences
 from policy.identity import Identity
 from policy.lifecycle import effective, kind_of, settings_from_policy
 from policy.limits import Limits
@@ -192,6 +193,7 @@ class Daemon:
         self.broker.record = self.recorder.event
         self.broker.on_wait_end = self.metrics.observe_queue_wait
         self.broker.hold_after_stop = self._gpu_hold_after_stop
+        self.broker.ledger.audiences = gpu_audiences(self.policy.document)  # who may use what
         self.cgroups = None if args.no_cgroups else self._cgroups(args)
         self.service = Service(
             self.policy,
@@ -236,6 +238,8 @@ class Daemon:
         )
         if ok:
             self.metrics.set_policy(self.policy.document.source, detail)
+            if getattr(self, "broker", None) is not None:  # placement follows the new groups
+                self.broker.ledger.audiences = gpu_audiences(self.policy.document)
             if getattr(self, "cgroups", None) is not None:  # new limits, containers keep running
                 self.cgroups.refresh(lambda user: self._limits_for(user, None))
 
