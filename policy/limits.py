@@ -76,6 +76,24 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
 }
 
 
+# The one cap shared by every BuildKit build (policy key ``builds``): dockerd 20.10 runs all
+# BuildKit RUN steps under its own cgroup parent, so they cannot be put under a user's aggregate
+# (README "Builds"). By default all builds together get what one container gets by default.
+BUILD_DEFAULTS: dict[str, Any] = {"cpus": 8, "memory": parse_size("32g"), "pids": 4096}
+
+
+def build_cap(doc: PolicyDocument) -> dict[str, Any]:
+    """The policy's ``builds`` cap (cpus, memory in bytes, pids; None = unlimited).
+
+    Keys the policy leaves out keep :data:`BUILD_DEFAULTS`; an explicit null lifts that limit.
+    """
+    given = doc.data.get("builds") or {}
+    return {
+        **BUILD_DEFAULTS,
+        **{k: parse_size(v) if k == "memory" else v for k, v in given.items()},
+    }
+
+
 @dataclass(frozen=True)
 class Limits:
     """Effective limits for one user; sizes in bytes, durations in seconds, None = unlimited."""

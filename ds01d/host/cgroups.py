@@ -52,6 +52,12 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from policy.build_cgroup import (
+    BUILD_CGROUPFS_PARENT,
+    BUILD_SLICE,
+    build_slice_text,
+    buildkit_cgroup,
+)
 from policy.identity import Identity
 from policy.limits import Limits
 from policy.slices import (
@@ -233,8 +239,11 @@ class CgroupfsManager:
         version: int | None = None,
         mounts: Mapping[str, str] | None = None,
         proc_cgroups: str = "/proc/cgroups",
+        build_parent: str = BUILD_CGROUPFS_PARENT,
     ) -> None:
         self.root = Path(root)
+        # dockerd's cgroup-parent: BuildKit's RUN steps land in <build_parent>/buildkit/<id>.
+        self.build_parent = build_parent
         self.version = version or cgroup_version(self.root)
         if self.version == 2:
             self.mounts: dict[str, str] = {}
@@ -277,6 +286,24 @@ class CgroupfsManager:
         name = cgroupfs_dir_name(user)
         return {key: point / PARENT / name for key, point in self.hierarchies().items()}
 
+    def _user_rel(self, user: str) -> tuple[str, ...]:
+        # PARENT is read at each call: the kernel tests move it out of a running ds01d's reach.
+        return (PARENT, cgroupfs_dir_name(user))
+
+    def _build_rel(self) -> tuple[str, ...]:
+        return tuple(buildkit_cgroup(self.build_parent).strip("/").split("/"))
+
+    def _dir(self, rel: tuple[str, ...], controller: str = "") -> Path | None:
+        """``rel`` in the hierarchy of ``controller`` (v2: the one tree; None: not mounted)."""
+        if self.version == 2:
+            return self.root.joinpath(*rel)
+        point = self.mounts.get(controller)
+        return Path(point).joinpath(*rel) if point else None
+
+    def build_dir(self, controller: str = "") -> Path | None:
+        """``<build parent>/buildkit``, where every BuildKit RUN step runs, in ``controller``."""
+        return self._dir(self._build_rel(), controller)
+
     # -- create and limit -------------------------------------------------------------------
 
     def ensure_user(self, user: str, aggregate: Mapping[str, Any]) -> list[str]:
@@ -286,12 +313,23 @@ class CgroupfsManager:
         Returns warnings for limits the kernel refused; raises :class:`CgroupError` only when
         the cgroup cannot be created at all.
         """
+        return self._ensure(self._user_rel(user), user, aggregate)
+
+    def ensure_builds(self, cap: Mapping[str, Any]) -> list[str]:
+        """Create ``<build parent>/buildkit`` if needed and write the policy's ``builds`` cap.
+
+        Only BuildKit's executor puts processes there (containers without a CgroupParent go to
+        ``<build parent>/<id>``, outside the cap); same warnings and errors as ensure_user.
+        """
+        return self._ensure(self._build_rel(), "BuildKit builds", cap)
+
+    def _ensure(self, rel: tuple[str, ...], label: str, aggregate: Mapping[str, Any]) -> list[str]:
         with self._lock:
             if self.version == 2:
-                warnings = self._create_v2(user)
+                warnings = self._create_v2(rel)
             else:
-                warnings = self._create_v1(user)
-            warnings += self._write_limits(user, aggregate)
+                warnings = self._create_v1(rel, label)
+            warnings += self._write_limits(rel, label, aggregate)
         for warning in warnings:
             log.warning("cgroup limits: %s", warning)
         return warnings
@@ -307,28 +345,29 @@ class CgroupfsManager:
             raise CgroupError(f"cannot create cgroup {path}: {_why(exc, '')}") from exc
         return True
 
-    def _create_v1(self, user: str) -> list[str]:
+    def _create_v1(self, rel: tuple[str, ...], label: str) -> list[str]:
         if not self.mounts:
             raise CgroupError(
                 "no cgroup v1 hierarchy is mounted (see /proc/self/mountinfo); "
                 "run ds01d with --no-cgroups or mount the cgroup controllers"
             )
         warnings = [
-            f"{user}: the {c} controller is not mounted, its limit is not enforced"
+            f"{label}: the {c} controller is not mounted, its limit is not enforced"
             for c in LIMIT_CONTROLLERS
             if c not in self.mounts
         ]
         # Every hierarchy, not just the limited ones: runc puts the container under the same
         # parent in each of them anyway, and remove_user then finds one tree everywhere.
         for key, point in self.hierarchies().items():
-            parent = point / PARENT
-            target = parent / cgroupfs_dir_name(user)
-            for directory, above in ((parent, point), (target, parent)):
+            above = point
+            for name in rel:
+                directory = above / name
                 created = self._mkdir(directory)
                 if "cpuset" in key.split(","):
                     self._copy_cpuset(directory, above)
                 if created and "memory" in key.split(","):
                     warnings += self._hierarchical_memory(directory)
+                above = directory
         return warnings
 
     @staticmethod
@@ -361,16 +400,19 @@ class CgroupfsManager:
                     "the memory limit will not cover the containers"]  # fmt: skip
         return []
 
-    def _create_v2(self, user: str) -> list[str]:
+    def _create_v2(self, rel: tuple[str, ...]) -> list[str]:
         if not (self.root / "cgroup.controllers").exists():
             raise CgroupError(f"{self.root} is not a cgroup v2 mount")
-        parent = self.root / PARENT
-        warnings = self._enable_v2(self.root)
-        self._mkdir(parent)
-        # The limits live in /ds01/<user>, so its parent must delegate the controllers; runc
-        # enables them in /ds01/<user> itself when it creates a container below it.
-        warnings += self._enable_v2(parent)
-        self._mkdir(parent / cgroupfs_dir_name(user))
+        directory = self.root
+        warnings = self._enable_v2(directory)
+        # The limits live in the last directory (/ds01/<user>), so every one above it must
+        # delegate the controllers; runc enables them in the last one itself when it creates a
+        # container below it.
+        for i, name in enumerate(rel):
+            directory = directory / name
+            self._mkdir(directory)
+            if i < len(rel) - 1:
+                warnings += self._enable_v2(directory)
         return warnings
 
     @staticmethod
@@ -390,20 +432,22 @@ class CgroupfsManager:
                 warnings.append(f"cannot enable {name} in {directory}: {_why(exc, '')}")
         return warnings
 
-    def _write_limits(self, user: str, aggregate: Mapping[str, Any]) -> list[str]:
+    def _write_limits(
+        self, rel: tuple[str, ...], label: str, aggregate: Mapping[str, Any]
+    ) -> list[str]:
         settings = cgroupfs_settings(aggregate, self.version)
         warnings: list[str] = []
         memory = {k: settings.pop(k) for k in list(settings) if controller_of(k) == "memory"}
         for name, value in settings.items():
-            directory = self.user_dir(user, controller_of(name))
+            directory = self._dir(rel, controller_of(name))
             if directory is not None:
-                warnings += self._write(user, directory / name, value)
-        directory = self.user_dir(user, "memory")
+                warnings += self._write(label, directory / name, value)
+        directory = self._dir(rel, "memory")
         if directory is not None:
             if self.version == 1:
-                warnings += self._write_memory_v1(user, directory, memory)
+                warnings += self._write_memory_v1(label, directory, memory)
             else:
-                warnings += self._write_memory_v2(user, directory, memory)
+                warnings += self._write_memory_v2(label, directory, memory)
         return warnings
 
     @staticmethod
@@ -450,9 +494,16 @@ class CgroupfsManager:
 
     def limits(self, user: str) -> dict[str, str]:
         """The limits the kernel holds now (file name -> content); absent files are left out."""
+        return self._limits_at(self._user_rel(user))
+
+    def build_limits(self) -> dict[str, str]:
+        """The cap the kernel holds now on every BuildKit build together (as :meth:`limits`)."""
+        return self._limits_at(self._build_rel())
+
+    def _limits_at(self, rel: tuple[str, ...]) -> dict[str, str]:
         out = {}
         for name in cgroupfs_settings({}, self.version):
-            directory = self.user_dir(user, controller_of(name))
+            directory = self._dir(rel, controller_of(name))
             value = _read(directory / name) if directory else None
             if value is not None:
                 out[name] = value
@@ -467,8 +518,15 @@ class CgroupfsManager:
         v1 counts them only in the cgroup the process ran in, so they are summed over the
         user's cgroup and its children (the containers that still exist).
         """
+        return self._usage_at(self._user_rel(user))
+
+    def build_usage(self) -> dict[str, Any]:
+        """What every BuildKit build uses together now (as :meth:`usage`; not per user)."""
+        return self._usage_at(self._build_rel())
+
+    def _usage_at(self, rel: tuple[str, ...]) -> dict[str, Any]:
         if self.version == 2:
-            base = self.root / PARENT / cgroupfs_dir_name(user)
+            base = self.root.joinpath(*rel)
             usec = _keyed(_read(base / "cpu.stat"), "usage_usec")
             return _usage(
                 memory=_int(_read(base / "memory.current")),
@@ -477,8 +535,8 @@ class CgroupfsManager:
                 oom=_keyed(_read(base / "memory.events"), "oom_kill"),
                 refused=_keyed(_read(base / "pids.events"), "max"),
             )
-        cpuacct, mem = self.user_dir(user, "cpuacct"), self.user_dir(user, "memory")
-        pids_dir = self.user_dir(user, "pids")
+        cpuacct, mem = self._dir(rel, "cpuacct"), self._dir(rel, "memory")
+        pids_dir = self._dir(rel, "pids")
         nanos = _int(_read(cpuacct / "cpuacct.usage")) if cpuacct else None
         return _usage(
             memory=_int(_read(mem / "memory.usage_in_bytes")) if mem else None,
@@ -540,8 +598,11 @@ class SystemdSliceManager:
         run: Callable[..., Any] = subprocess.run,
         skip_systemctl: bool = False,
         systemctl: str = "systemctl",
+        build_slice: str = BUILD_SLICE,
     ) -> None:
         self.unit_dir = Path(unit_dir)
+        # dockerd's cgroup-parent: BuildKit's RUN steps are scopes directly in this slice.
+        self.build_slice = build_slice
         self.run = run
         self.skip_systemctl = skip_systemctl
         self.systemctl = systemctl
@@ -595,6 +656,19 @@ class SystemdSliceManager:
             return []
         log.warning("slice units: %s", detail)
         return [f"{user}: {', '.join(changed)} written but not loaded: {detail}"]
+
+    def ensure_builds(self, cap: Mapping[str, Any]) -> list[str]:
+        """Write the build slice with the policy's ``builds`` cap if it changed, then reload."""
+        with self._lock:
+            if not self._write_unit(self.build_slice, build_slice_text(cap)):
+                return []
+            if self.skip_systemctl:
+                return []
+            ok, detail = self._systemctl("daemon-reload")
+        if ok:
+            return []
+        log.warning("slice units: %s", detail)
+        return [f"BuildKit builds: {self.build_slice} written but not loaded: {detail}"]
 
     def users(self) -> list[tuple[str, str]]:
         """``(user, group)`` of every user slice unit in the unit directory."""
@@ -665,6 +739,18 @@ class UserCgroups:
         except (CgroupError, OSError, ValueError) as exc:
             log.error("cannot set up the parent cgroup of %s: %s", user, exc)
             return [f"{user}: {exc}"]
+
+    def ensure_builds(self, cap: Mapping[str, Any]) -> list[str]:
+        """At start and after a policy change: the shared build cgroup holds the ``builds`` cap.
+
+        BuildKit's RUN steps of every user run there (dockerd's cgroup-parent), not in a user's
+        parent; see ``policy/build_cgroup.py``.
+        """
+        try:
+            return self.manager.ensure_builds(cap)
+        except (CgroupError, OSError, ValueError) as exc:
+            log.error("cannot set up the BuildKit build cgroup: %s", exc)
+            return [f"BuildKit builds: {exc}"]
 
     async def ensure(self, identity: Identity, limits: Limits) -> list[str]:
         """Before a create: the user's parent cgroup exists and holds their aggregate limits."""
