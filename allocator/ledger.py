@@ -24,7 +24,7 @@ from .refusal import Holder, Refusal
 from .request import GpuRequest
 
 if TYPE_CHECKING:
-    from .reconcile import Conflict, ContainerSummary
+    from .reconcile import Conflict, ContainerSummary, HoldFor
 
 
 class State(StrEnum):
@@ -386,7 +386,7 @@ class Ledger:
         containers: Iterable[ContainerSummary],
         now: float,
         *,
-        hold_for: Callable[[str], float | None] | float | None = 0.0,
+        hold_for: HoldFor = 0.0,
         priority_for: Callable[[str], int] | None = None,
         limits_for: Callable[[str, int | None], QuotaLimits] | None = None,
         since: int | None = None,
@@ -437,7 +437,7 @@ class Ledger:
         container: ContainerSummary,
         now: float,
         *,
-        hold_for: Callable[[str], float | None] | float | None = 0.0,
+        hold_for: HoldFor = 0.0,
         priority_for: Callable[[str], int] | None = None,
         limits_for: Callable[[str, int | None], QuotaLimits] | None = None,
     ) -> list[Conflict]:

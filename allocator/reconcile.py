@@ -81,7 +81,9 @@ class _Claim:
     outside: bool
 
 
-HoldFor = Callable[[str], "float | None"] | float | None
+# How long a stopped container keeps its devices, from its owner (name, uid) and its labels:
+# the broker's ``hold_after_stop``, the very function a stop uses, so the two cannot drift.
+HoldFor = Callable[[str, "int | None", Mapping[str, str]], "float | None"] | float | None
 
 
 LimitsFor = Callable[[str, "int | None"], "QuotaLimits"]
@@ -268,7 +270,7 @@ def _claim(
     since = parse_time(labels.get(LABEL_ALLOCATED_AT))
     held, hold_until = False, None
     if state in STOPPED_STATES:
-        hold = hold_for(user) if callable(hold_for) else hold_for
+        hold = hold_for(user, parse_uid(labels), labels) if callable(hold_for) else hold_for
         finished = container.finished_at if container.finished_at is not None else now
         if hold is not None and finished + hold <= now:
             return None  # its hold ran out while nobody watched: the devices are free

@@ -382,7 +382,8 @@ class GpuBroker:
 
     def _rules(self) -> dict[str, Any]:
         return {
-            "hold_for": lambda user: self.limits_for(user, None).gpu_hold_after_stop,
+            # The very function a stop uses: container_types and the user's own, combined.
+            "hold_for": lambda user, uid, labels: self.hold_after_stop(user, uid, dict(labels)),
             "priority_for": lambda user: int(self.limits_for(user, None).priority),
             "limits_for": self.limits_for,
         }

@@ -136,7 +136,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.ledger.expire_holds(self.now)
         before = self._holdings()
         conflicts = self.ledger.rebuild(
-            [c.summary() for c in self.docker.values()], self.now, hold_for=HOLD.get
+            [c.summary() for c in self.docker.values()],
+            self.now,
+            hold_for=lambda user, uid, labels: HOLD.get(user),
         )
         assert conflicts == []
         after = self._holdings()

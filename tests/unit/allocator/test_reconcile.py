@@ -59,7 +59,7 @@ def test_hold_per_user() -> None:
         container(A, "alice", [G0[0]], state="exited", finished_at=NOW - 100),
         container(B, "rita", [G0[1]], state="exited", finished_at=NOW - 100),
     ]
-    ledger.rebuild(stopped, NOW, hold_for=lambda user: 3600 if user == "rita" else 0)
+    ledger.rebuild(stopped, NOW, hold_for=lambda user, uid, labels: 3600 if user == "rita" else 0)
     assert by_container(ledger) == {B: (G0[1],)}
 
 
