@@ -5,10 +5,11 @@ Docker is the source of truth: these labels on a container are what the ledger i
 
 from __future__ import annotations
 
-import calendar
 import math
 import time
 from collections.abc import Iterable, Mapping
+
+from .timestamps import parse_docker_time
 
 LABEL_USER = "ds01.user"
 LABEL_UID = "ds01.uid"
@@ -70,23 +71,16 @@ def format_time(epoch: float) -> str:
 
 
 def parse_time(value: str | None) -> float | None:
-    """Epoch seconds from a ``format_time`` value (or plain seconds); None if unreadable."""
+    """Epoch seconds from a ``format_time`` value (or plain seconds); None if unreadable.
+
+    The ISO form is read by the one parser of Docker's timestamps, whose format it is.
+    """
     if not value:
         return None
     try:
         return float(value)
     except ValueError:
-        pass
-    text = value.strip()
-    if not text.endswith("Z"):
-        return None
-    main, _, fraction = text[:-1].partition(".")
-    try:
-        whole = time.strptime(main, "%Y-%m-%dT%H:%M:%S")
-        extra = float("0." + fraction) if fraction else 0.0
-    except ValueError:
-        return None
-    return float(calendar.timegm(whole)) + extra  # timegm: UTC, never the local timezone
+        return parse_docker_time(value.strip())
 
 
 def allocation_labels(
