@@ -286,7 +286,7 @@ class Daemon:
         log.info("AuthZ plugin listening on %s", self.args.plugin_socket)
         if self.args.gateway_socket:
             from ds01d.gateway_handler import GatewayHandler
-            from gateway.proxy import Gateway
+            from gateway.server import Gateway
 
             handler = GatewayHandler(self.service, lifecycle=self.lifecycle)
             self.gateway = Gateway(

@@ -1,4 +1,4 @@
-"""The contract between the gateway's data plane (``proxy.py``) and the DS01 handler.
+"""The contract between the gateway's data plane (``connection.py``, ``exchange.py``) and the handler.
 
 The proxy speaks HTTP and knows nothing of policy; the handler speaks policy and never touches
 a socket. These value types are everything that passes between them.

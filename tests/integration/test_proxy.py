@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.proxy import Gateway
+from gateway.server import Gateway
 from gateway.types import Client, Forward, Reply, RequestHead
 from tests.harness.dockerd import PrivateDockerd, docker
 from tests.harness.images import import_busybox_image

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.proxy import Gateway
+from gateway.server import Gateway
 from gateway.types import Handler
 
 from .fakes import FakeDockerd, Script, remove_tree, short_tmpdir

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.proxy import _BadChunking, _ChunkScanner
+from gateway.framing import BadChunking as _BadChunking
+from gateway.framing import ChunkScanner as _ChunkScanner
 
 BODY = b"5\r\nhello\r\n1;name=value\r\n \r\n10\r\n0123456789abcdef\r\n0\r\nX-Trailer: 1\r\n\r\n"
 

@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from gateway import proxy
+from gateway import server as proxy
 from gateway.limits import Admission, GatewayLimits, connections_for
 from gateway.peer import peer_credentials
 from gateway.types import PeerCred

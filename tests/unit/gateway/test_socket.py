@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from gateway.peer import peer_credentials
-from gateway.proxy import Gateway
+from gateway.server import Gateway
 from gateway.types import PeerCred
 
 from .fakes import PassThrough
