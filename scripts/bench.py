@@ -95,14 +95,8 @@ def socat_relay(target: str, path: str) -> subprocess.Popen[bytes]:
     return proc
 
 
-def bench_docker(stack: Ds01Stack, plain: PrivateDockerd, noop: PrivateDockerd, base: Path) -> None:
+def bench_latency(stack: Ds01Stack, plain: PrivateDockerd, noop: PrivateDockerd) -> None:
     gw, direct, unplugged = stack.gateway, stack.dockerd.host, plain.host
-    for host in (gw, unplugged):
-        subprocess.run(
-            ["docker", "-H", host, "run", "-d", "--name", "benchc", IMAGE, "sleep", "600"],
-            check=True,
-            capture_output=True,
-        )
     rounds = int(os.environ.get("DS01_BENCH_ROUNDS", "50"))
     print(f"docker CLI wall time (median of {rounds} interleaved runs each):")
     a, b = interleave(cli(direct, "ps"), cli(unplugged, "ps"), rounds)
@@ -117,6 +111,9 @@ def bench_docker(stack: Ds01Stack, plain: PrivateDockerd, noop: PrivateDockerd, 
     a, b = interleave(cli(gw, "ps"), cli(direct, "ps"), rounds)
     line("docker ps, gateway + plugin / same dockerd direct", a, b, "the gateway alone")
 
+
+def bench_cp(stack: Ds01Stack, plain: PrivateDockerd, base: Path) -> None:
+    gw, direct, unplugged = stack.gateway, stack.dockerd.host, plain.host
     print("docker cp of 256 MiB out of a container (throughput, interleaved):")
     for host in (gw, unplugged):
         subprocess.run(
@@ -352,12 +349,32 @@ def bench_reconcile(plain: PrivateDockerd, count: int) -> None:
     )
 
 
-def main() -> int:
+SECTIONS = ("authz", "latency", "cp", "idle", "allocation", "reconcile")
+
+
+def start_container(*hosts: str) -> None:
+    for host in hosts:
+        subprocess.run(
+            ["docker", "-H", host, "run", "-d", "--name", "benchc", IMAGE, "sleep", "600"],
+            check=True,
+            capture_output=True,
+        )
+
+
+def main(argv: list[str]) -> int:
+    """Run every section, or those named: ``python -m scripts.bench latency`` (see SECTIONS)."""
     if os.geteuid() != 0:
         print("make bench must run as root (it starts private dockerds)")
         return 2
-    print("== AuthZ plugin ==")
-    bench_authz.report(asyncio.run(bench_authz.main()))
+    wanted = set(argv) or set(SECTIONS)
+    if not wanted <= set(SECTIONS):
+        print(f"unknown section(s) {sorted(wanted - set(SECTIONS))}; known: {', '.join(SECTIONS)}")
+        return 2
+    if "authz" in wanted:
+        print("== AuthZ plugin ==")
+        bench_authz.report(asyncio.run(bench_authz.main()))
+    if not wanted - {"authz"}:
+        return 0
     base = Path(tempfile.mkdtemp(prefix="ds01bench-", dir="/tmp"))
     os.chmod(base, 0o755)
     stack = Ds01Stack(base / "s", POLICY)
@@ -376,14 +393,21 @@ def main() -> int:
         noop.start()
         import_busybox_image(plain.host, IMAGE)
         print("\n== Docker through DS01 ==")
-        bench_docker(stack, plain, noop, base)
+        start_container(stack.gateway, plain.host)
+        if "latency" in wanted:
+            bench_latency(stack, plain, noop)
+        if "cp" in wanted:
+            bench_cp(stack, plain, base)
         stack.remove_all_containers()
-        print()
-        bench_idle_connections(stack, plain)
-        print()
-        bench_allocation(stack)
-        print()
-        bench_reconcile(plain, int(os.environ.get("DS01_BENCH_CONTAINERS", "1000")))
+        if "idle" in wanted:
+            print()
+            bench_idle_connections(stack, plain)
+        if "allocation" in wanted:
+            print()
+            bench_allocation(stack)
+        if "reconcile" in wanted:
+            print()
+            bench_reconcile(plain, int(os.environ.get("DS01_BENCH_CONTAINERS", "1000")))
     finally:
         noop.stop()
         remove_plugin_spec("ds01noop")
@@ -395,4 +419,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
