@@ -14,8 +14,6 @@ import sys
 import time
 from typing import Any
 
-import yaml
-
 from ds01d.identities import identity_for_uid
 from formats.units import format_duration, format_size
 from policy.identity import Identity
@@ -82,67 +80,74 @@ def identity_for_name(name: str) -> Identity:
         return Identity(uid=None, user=name)
 
 
-def policy_warnings(text: str, doc: PolicyDocument) -> list[str]:
-    """``file:line key: problem. To fix: fix`` for each policy-only weakness (not an error)."""
-    from policy.host_checks import policy_findings
-    from policy.loader import _line_of  # the same file:line as errors; text is valid YAML here
-
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
-    out = []
-    for finding in policy_findings(doc.data):
-        line = _line_of(root, list(finding.path))
-        where = f"{doc.source}:{line}" if line else doc.source
-        out.append(f"{where} {finding.key}: {finding.problem}. To fix: {finding.fix}")
-    return out
+def _daemon_profiles() -> set[str] | None:
+    """The MIG profiles of the running ds01d's inventory, or None where it cannot be asked."""
+    try:
+        devices = api("GET", "gpus")["devices"]
+    except (Failure, KeyError, TypeError):
+        return None
+    return {d["profile"] for d in devices if d.get("kind") == "mig"}
 
 
 def cmd_policy_validate(args: argparse.Namespace) -> int:
-    try:
-        with open(args.file, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as exc:
-        raise Failure(f"cannot read {args.file}: {exc.strerror}") from None
-    warnings = policy_warnings(text, parse_policy(text, args.file))
-    for warning in warnings:
-        print(f"ds01: warning: {warning}", file=sys.stderr)
-    note = f" ({len(warnings)} warning{'s' if len(warnings) != 1 else ''})" if warnings else ""
-    print(f"{args.file}: valid{note}")
-    return 0
+    from ds01cli.policy_check import validate
+
+    return validate(args.file, args.json, args.inventory, _daemon_profiles)
 
 
 def cmd_policy_explain(args: argparse.Namespace) -> int:
-    doc = _load(args.policy)
-    identity = identity_for_name(args.user)
-    if args.groups:
-        identity = Identity(
-            identity.uid, identity.user, frozenset(args.groups.split(",")), identity.home
-        )
-    limits = resolve(doc, identity)
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "user": limits.user,
-                    "group": limits.group,
-                    "known": limits.known,
-                    "values": limits.values,
-                    "sources": limits.sources,
-                },
-                indent=2,
-                default=str,
+    """The limits ds01d applies to a user now; from a policy file only when --file is given."""
+    if args.file is None:
+        if args.groups:
+            raise Misuse("--groups needs --file: ds01d looks the user's groups up itself")
+        data = api("GET", f"explain/{args.user}")
+        where = f"ds01d, policy {data['policy']}"
+    else:
+        doc = _load(args.file)
+        identity = identity_for_name(args.user)
+        if args.groups:
+            identity = Identity(
+                identity.uid, identity.user, frozenset(args.groups.split(",")), identity.home
             )
-        )
+        limits = resolve(doc, identity)
+        data = {
+            "user": limits.user,
+            "group": limits.group,
+            "known": limits.known,
+            "values": limits.values,
+            "sources": limits.sources,
+            "refused": _refusal(limits),
+            "policy": doc.source,
+        }
+        where = f"{doc.source} (a file: ds01d may enforce another)"
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+        return 0
+    if data["refused"]:
+        print(f"{data['user']} is refused by {where}:\n  {data['refused']['message']}")
         return 0
     print(
-        f"{limits.user}: effective limits under {doc.source}"
-        f" (group: {limits.group}{'' if limits.known else ', not named in the policy'})"
+        f"{data['user']}: effective limits under {where}"
+        f" (group: {data['group']}{'' if data['known'] else ', not named in the policy'})"
     )
     rows = [
-        [key, show_value(key, limits.values[key]), limits.sources.get(key, "built-in")]
+        [key, show_value(key, data["values"][key]), data["sources"].get(key, "built-in")]
         for key in BUILTIN_DEFAULTS
     ]
     print(table(rows, ["KEY", "VALUE", "FROM"]))
     return 0
+
+
+def _refusal(limits: Any) -> dict[str, str] | None:
+    """The refusal every request of this user meets, as the engine words it (or None)."""
+    from policy.engine import decide
+    from policy.state import Request, State
+
+    identity = Identity(uid=None, user=limits.user)
+    verdict = decide(Request("GET", "/containers/json"), identity, limits, State())
+    if verdict.code != "unknown_user":
+        return None
+    return {"code": verdict.code, "message": verdict.message}
 
 
 # ---- talking to ds01d through the gateway ------------------------------------------------
@@ -439,6 +444,7 @@ def cmd_slices(args: argparse.Namespace) -> int:
             rows.append(
                 [
                     row["user"],
+                    row.get("group", "-"),
                     f"{memory} / {show_value('memory', agg.get('memory'))}",
                     f"{used(use.get('pids'))} / {agg.get('pids') or 'unlimited'}",
                     f"{used(use.get('cpu_seconds'), 's')} used, {agg.get('cpus') or 'unlimited'} cpus",
@@ -446,7 +452,7 @@ def cmd_slices(args: argparse.Namespace) -> int:
                 ]
             )
         return (
-            table(rows, ["USER", "MEMORY", "TASKS", "CPU", "KERNEL"])
+            table(rows, ["USER", "GROUP", "MEMORY", "TASKS", "CPU", "KERNEL"])
             if rows
             else "no user cgroups yet"
         )
@@ -481,7 +487,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         users = api("GET", "users")
     except Failure:  # not an admin: the device overview is still theirs to see
         users = None
-    data = {"gpus": gpus, "users": users}
+    try:
+        policy = api("GET", "policy")
+    except Failure:  # a ds01d from before the policy call
+        policy = None
+    data = {"gpus": gpus, "users": users, "policy": policy}
 
     def render(d: dict[str, Any]) -> str:
         devs = d["gpus"]["devices"]
@@ -490,6 +500,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"DS01: {len(devs)} devices, {free} free, {len(devs) - free} in use; "
             f"{len(d['gpus']['queue'])} waiting in the queue"
         ]
+        rejected = reload_rejected(d["policy"])
+        if rejected:
+            out.append(_colour(rejected, "31"))
         held = [x for x in devs if x["state"] != "free"]
         if held:
             out.append(
@@ -528,6 +541,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     return _emit(args, data, render)
 
 
+def reload_rejected(policy: dict[str, Any] | None) -> str | None:
+    """What ``ds01 status`` says while ds01d keeps an old policy after a rejected reload."""
+    if not policy or not policy.get("rejected"):
+        return None
+    source, rejected = policy["source"], policy["rejected"]
+    return (
+        f"problem: the policy reload was rejected {_ago(rejected['at'])} ago; ds01d still "
+        f"enforces the previous policy (sha256 {policy['sha256'][:12]}): {rejected['error']}. "
+        f"To fix: correct {source} (ds01 policy validate {source}); ds01d loads it once it is "
+        "valid (on change, or: systemctl reload ds01d)"
+    )
+
+
 def cmd_events(args: argparse.Namespace) -> int:
     since = None
     while True:
@@ -546,22 +572,57 @@ def cmd_events(args: argparse.Namespace) -> int:
         time.sleep(1.0)
 
 
+def unix_group_members(names: set[str]) -> set[str]:
+    """Every user in these Unix groups (NSS): listed members, and those whose primary it is."""
+    import grp
+    import pwd
+
+    users: set[str] = set()
+    gids = set()
+    for name in names:
+        try:
+            entry = grp.getgrnam(name)
+        except KeyError:
+            continue
+        users.update(entry.gr_mem)
+        gids.add(entry.gr_gid)
+    users.update(p.pw_name for p in pwd.getpwall() if p.pw_gid in gids)
+    return users
+
+
 def cmd_policy_diff(args: argparse.Namespace) -> int:
+    """Effective limits that change, for every user either policy names, by name or by Unix
+    group, each resolved with their Unix groups exactly as ds01d does."""
     old, new = _load(args.old), _load(args.new)
     users = set(args.user or [])
+    unix_groups: set[str] = set()
     for doc in (old, new):
         for group in (doc.data.get("groups") or {}).values():
             users.update(group.get("members") or [])
+            unix_groups.update(group.get("unix_groups") or [])
         users.update((doc.data.get("users") or {}).keys())
+    users |= unix_group_members(unix_groups)
     rows = []
     for user in sorted(users):
-        a, b = resolve(old, Identity(None, user)), resolve(new, Identity(None, user))
+        identity = identity_for_name(user)
+        a, b = resolve(old, identity), resolve(new, identity)
+        group = a.group if a.group == b.group else f"{a.group} -> {b.group}"
         for key in BUILTIN_DEFAULTS:
             if a.values[key] != b.values[key]:
                 rows.append(
-                    [user, key, show_value(key, a.values[key]), show_value(key, b.values[key])]
+                    [
+                        user,
+                        group,
+                        key,
+                        show_value(key, a.values[key]),
+                        show_value(key, b.values[key]),
+                    ]
                 )
-    print(table(rows, ["USER", "KEY", "OLD", "NEW"]) if rows else "no effective limit changes")
+    print(
+        table(rows, ["USER", "GROUP", "KEY", "OLD", "NEW"])
+        if rows
+        else "no effective limit changes"
+    )
     return 0
 
 
@@ -679,14 +740,31 @@ def build_parser() -> argparse.ArgumentParser:
         dest="policy_cmd", required=True
     )
     validate = pol.add_parser(
-        "validate", help="check a policy file; exit 1 with file:line key: reason"
+        "validate",
+        help="check a policy file: every error as file:line key: reason (exit 1), and "
+        "warnings for users, Unix groups and MIG profiles this host does not have (exit 0)",
     )
     validate.add_argument("file")
+    validate.add_argument(
+        "--inventory",
+        help="check MIG profiles against this inventory file (default: ask the running ds01d)",
+    )
+    validate.add_argument("--json", action="store_true", help="machine-readable output")
     validate.set_defaults(func=cmd_policy_validate)
-    explain = pol.add_parser("explain", help="a user's effective limits and where each comes from")
+    explain = pol.add_parser(
+        "explain",
+        help="the limits the running ds01d applies to a user, and where each comes from",
+    )
     explain.add_argument("user")
-    explain.add_argument("--policy", help=f"policy file (default {DEFAULT_POLICY} or the built-in)")
-    explain.add_argument("--groups", help="comma-separated Unix groups to assume for the user")
+    explain.add_argument(
+        "--file",
+        "--policy",
+        dest="file",
+        help="read this policy file instead of asking ds01d (what it would give)",
+    )
+    explain.add_argument(
+        "--groups", help="with --file: comma-separated Unix groups to assume for the user"
+    )
     explain.add_argument("--json", action="store_true")
     explain.set_defaults(func=cmd_policy_explain)
     diff = pol.add_parser("diff", help="effective limits that change between two policy files")

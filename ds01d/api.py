@@ -12,8 +12,10 @@ from urllib.parse import parse_qs, urlsplit
 from allocator.ledger import Allocation
 from ds01d.service import Service
 from formats.labels import LABEL_DEVICES, LABEL_USER, parse_devices
+from policy.engine import decide
 from policy.identity import Identity
 from policy.limits import Limits
+from policy.state import Request, State
 
 PREFIX = "/ds01/v1/"
 
@@ -73,6 +75,10 @@ class Api:
             if method == "GET" and name == "users":
                 self._admin(limits, "ds01 users")
                 return 200, await self.users()
+            if method == "GET" and parts[0] == "explain" and len(parts) == 2:
+                return 200, self.explain(identity, limits, parts[1])
+            if method == "GET" and name == "policy":
+                return 200, self.policy(limits)
             if method == "GET" and name == "events":
                 self._admin(limits, "ds01 events")
                 return 200, self.events(int(query.get("n", "50")), query.get("since"))
@@ -275,7 +281,7 @@ class Api:
                 row["gpueq"] += alloc.gpueq
                 row["devices"] += len(alloc.devices)
         for row in by_user.values():
-            limits = self.service.policy.limits(Identity(uid=None, user=row["user"]))
+            limits = self.service.policy.limits_for_user(row["user"])
             row["group"] = limits.group
             row["max_containers"] = limits.max_containers
             row["max_gpu_equivalents"] = limits.max_gpu_equivalents
@@ -289,10 +295,54 @@ class Api:
                 503, "ds01: per-user cgroups are not managed on this server (--no-cgroups)"
             )
         users = [] if limits.is_admin else [identity.user]
-        rows = cgroups.report(
-            users, lambda user: self.service.policy.limits(Identity(uid=None, user=user))
-        )
+        limits_for = self.service.policy.limits_for_user
+        rows = cgroups.report(users, limits_for)
+        for row in rows:
+            row["group"] = limits_for(row["user"]).group
         return {"slices": rows}
+
+    def explain(self, identity: Identity, limits: Limits, user: str) -> dict[str, Any]:
+        """The limits ds01d applies to ``user`` now (their Unix groups included), where each
+        value comes from, and whether they are refused outright. Others' are for admins."""
+        if user != identity.user:
+            self._admin(limits, "ds01 policy explain for another user")
+        store = self.service.policy
+        theirs = limits if user == identity.user else store.limits_for_user(user)
+        who = identity if user == identity.user else Identity(uid=None, user=user)
+        # Ask the engine, so the refusal is the one their next docker command would get.
+        verdict = decide(Request("GET", "/containers/json"), who, theirs, State())
+        refused = (
+            {"code": verdict.code, "message": verdict.message}
+            if verdict.code == "unknown_user"
+            else None
+        )
+        return {
+            "user": user,
+            "group": theirs.group,
+            "known": theirs.known,
+            "admin": theirs.is_admin,
+            "values": theirs.values,
+            "sources": theirs.sources,
+            "refused": refused,
+            "policy": store.document.source,
+            "sha256": store.sha256,
+        }
+
+    def policy(self, limits: Limits) -> dict[str, Any]:
+        """The policy in force, and a rejected reload that left it in force (error: admins)."""
+        store = self.service.policy
+        rejected = store.rejected
+        return {
+            "source": store.document.source,
+            "sha256": store.sha256,
+            "loaded_at": store.loaded_at,
+            "rejected": None
+            if rejected is None
+            else {
+                "error": rejected.error if limits.is_admin else "(shown to admins)",
+                "at": rejected.at,
+            },
+        }
 
     def events(self, n: int, since: str | None) -> dict[str, Any]:
         audit = getattr(self.service.recorder, "audit", None)

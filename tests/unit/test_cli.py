@@ -33,7 +33,7 @@ def test_validate_warns_about_shared_bind_prefixes_and_exits_0(tmp_path, capsys)
     """`/data` rather than `/data/{user}`: a warning with file:line and the per-user form."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(
-        "defaults:\n  max_cpus: 4\ngroups:\n  lab:\n    members: [a]\n"
+        "defaults:\n  max_cpus: 4\ngroups:\n  lab:\n    members: [root]\n"
         "    bind_mounts: ['{home}', /data]\n"
     )
     code, out, err = run(capsys, "policy", "validate", str(policy))
@@ -44,7 +44,7 @@ def test_validate_warns_about_shared_bind_prefixes_and_exits_0(tmp_path, capsys)
         "read and write each other's files there wherever file permissions allow it. "
         "To fix: a per-user prefix is safer: /data/{user}, each folder owned by its user"
     )
-    policy.write_text("groups:\n  lab:\n    members: [a]\n    bind_mounts: ['/data/{user}']\n")
+    policy.write_text("groups:\n  lab:\n    members: [root]\n    bind_mounts: ['/data/{user}']\n")
     code, out, err = run(capsys, "policy", "validate", str(policy))
     assert (code, out.strip(), err) == (0, f"{policy}: valid", "")
 
@@ -122,3 +122,141 @@ def test_init_writes_a_devcontainer_asking_for_a_gpu(tmp_path, capsys, gpu):
     config = json.loads((tmp_path / ".devcontainer" / "devcontainer.json").read_text())
     assert ("--gpus" in config["runArgs"]) is gpu
     assert run(capsys, "init", str(tmp_path))[0] == 1  # exists: refuse without --force
+
+
+# ---- issue 14: validate, explain and diff tell the truth -----------------------------------
+
+INVENTORY = Path(__file__).resolve().parents[2] / "config" / "inventory.example.yaml"
+
+
+@pytest.fixture
+def no_daemon(monkeypatch, tmp_path):
+    """No ds01d to ask: the gateway socket does not exist."""
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-ds01d.sock")
+
+
+def test_validate_reports_every_error_with_suggestions(tmp_path, capsys, no_daemon):
+    """All errors, each `file:line key: reason`, misspelt keys with the nearest real one."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "default:\n  max_cpus: 4\ngroups:\n  students:\n    max_gpu: 1\n    memory: lots\n"
+    )
+    code, out, err = run(capsys, "policy", "validate", str(policy))
+    assert code == 1 and out == ""
+    assert err.splitlines() == [
+        f"ds01: {policy}:1 default: unknown key; did you mean defaults? "
+        "(see the configuration reference in README.md)",
+        f"ds01: {policy}:5 groups.students.max_gpu: unknown key; did you mean max_gpus? "
+        "(see the configuration reference in README.md)",
+        f"ds01: {policy}:6 groups.students.memory: 'lots' is not a size like 32g",
+        f"ds01: {policy}: 3 errors",
+    ]
+
+
+def test_validate_warns_about_names_the_host_does_not_have(tmp_path, capsys, no_daemon):
+    """Unknown Unix groups, users that do not exist and MIG profiles outside the inventory
+    are warnings (the policy is valid, exit 0), each with file:line and a fix."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "groups:\n"
+        "  students:\n"
+        "    members: [root, ds01-nobody-here]\n"
+        "    unix_groups: [ds01-no-such-group]\n"
+        "    allowed_mig_profiles: [1g.10gb, 1g.10g]\n"
+    )
+    code, out, err = run(capsys, "policy", "validate", str(policy), "--inventory", str(INVENTORY))
+    assert code == 0 and out.strip() == f"{policy}: valid (3 warnings)"
+    lines = err.splitlines()
+    assert lines[0] == (
+        f"ds01: warning: {policy}:3 groups.students.members.1: there is no user ds01-nobody-here "
+        "on this host. To fix: check the spelling (getent passwd), or ignore this if the "
+        "account is still to come"
+    )
+    assert lines[1] == (
+        f"ds01: warning: {policy}:4 groups.students.unix_groups.0: there is no Unix group "
+        "ds01-no-such-group on this host, so it maps nobody. To fix: name an existing group "
+        "(getent group) or create it (groupadd)"
+    )
+    assert lines[2].startswith(
+        f"ds01: warning: {policy}:5 groups.students.allowed_mig_profiles.1: no MIG instance of "
+        "profile 1g.10g is in the inventory (did you mean 1g.10gb?), so it can never be given. "
+        "To fix: use a profile the inventory has ("
+    )
+    assert len(lines) == 3
+
+
+def test_validate_without_an_inventory_says_profiles_were_not_checked(tmp_path, capsys, no_daemon):
+    """No --inventory and no ds01d to ask: a note, not a silent pass."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("defaults:\n  allowed_mig_profiles: [1g.10g]\n")
+    code, _, err = run(capsys, "policy", "validate", str(policy))
+    assert code == 0 and "MIG profiles not checked" in err and "--inventory FILE" in err
+
+
+def test_validate_json(tmp_path, capsys, no_daemon):
+    """--json: errors and warnings as objects with file, line, key, reason and message."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("defaults:\n  max_gpu: 1\n")
+    code, out, _ = run(capsys, "policy", "validate", str(policy), "--json")
+    data = json.loads(out)
+    assert code == 1 and data["valid"] is False and data["warnings"] == []
+    (error,) = data["errors"]
+    assert (error["file"], error["line"], error["key"]) == (str(policy), 2, "defaults.max_gpu")
+    assert "did you mean max_gpus?" in error["reason"]
+    policy.write_text("users:\n  ds01-nobody-here: {max_gpus: 1}\n")
+    code, out, _ = run(capsys, "policy", "validate", str(policy), "--json")
+    data = json.loads(out)
+    assert code == 0 and data["valid"] is True and data["errors"] == []
+    assert [w["key"] for w in data["warnings"]] == ["users.ds01-nobody-here"]
+
+
+def test_explain_asks_the_daemon_not_a_file(capsys, no_daemon):
+    """Without --file, explain asks ds01d; with none running it says so (it does not quietly
+    read /etc/ds01/policy.yaml or the built-in default, which may not be what is enforced)."""
+    code, out, err = run(capsys, "policy", "explain", "root")
+    assert code == 1 and out == "" and "cannot reach ds01d" in err
+
+
+def test_explain_of_a_refused_unknown_user_says_refused(tmp_path, capsys):
+    """unknown_users: deny refuses a user in no group: explain says so, not a default table."""
+    policy = tmp_path / "p.yaml"
+    policy.write_text("unknown_users: deny\ngroups:\n  lab:\n    members: [root]\n")
+    code, out, _ = run(capsys, "policy", "explain", "ds01-nobody-here", "--file", str(policy))
+    assert code == 0 and "KEY" not in out
+    assert out.splitlines() == [
+        f"ds01-nobody-here is refused by {policy} (a file: ds01d may enforce another):",
+        "  ds01: ds01-nobody-here is not in the DS01 policy. To fix: ask an admin to add you to "
+        "a group in /etc/ds01/policy.yaml",
+    ]
+
+
+def test_diff_resolves_users_with_their_unix_groups(tmp_path, capsys):
+    """A user mapped only through unix_groups: is compared, under that group (not default)."""
+    import grp
+    import pwd
+
+    unix = grp.getgrgid(pwd.getpwnam("root").pw_gid).gr_name
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text(f"groups:\n  staff:\n    unix_groups: [{unix}]\n    memory: 8g\n")
+    new.write_text(f"groups:\n  staff:\n    unix_groups: [{unix}]\n    memory: 16g\n")
+    code, out, _ = run(capsys, "policy", "diff", str(old), str(new))
+    rows = [line.split() for line in out.splitlines()]
+    assert code == 0 and ["root", "staff", "memory", "8g", "16g"] in rows
+
+
+def test_status_names_a_rejected_reload_with_its_fix():
+    """The line ds01 status shows while ds01d keeps the previous policy."""
+    from ds01cli.cli import reload_rejected
+
+    assert reload_rejected({"source": "/p.yaml", "sha256": "ab" * 32, "rejected": None}) is None
+    line = reload_rejected(
+        {
+            "source": "/p.yaml",
+            "sha256": "ab" * 32,
+            "rejected": {"error": "/p.yaml:2 defaults.max_gpu: unknown key", "at": 1.0},
+        }
+    )
+    assert line is not None and line.startswith("problem: the policy reload was rejected ")
+    assert "ds01d still enforces the previous policy (sha256 abababababab)" in line
+    assert "/p.yaml:2 defaults.max_gpu: unknown key" in line
+    assert "To fix: correct /p.yaml (ds01 policy validate /p.yaml)" in line
