@@ -159,6 +159,34 @@ def check_policy(host: Host) -> tuple[Check, dict[str, Any] | None]:
     return Check("policy", True, f"{host.policy} is valid"), doc.data
 
 
+def check_policy_reload(host: Host) -> list[Check]:
+    """A reload ds01d rejected (it then keeps the previous policy), until a valid one loads.
+
+    Asked of the running ds01d through the gateway; where it does not answer, the gateway
+    check already says so and nothing is added here.
+    """
+    try:
+        status, _, body = host.request(host.gateway_socket, "GET", "/ds01/v1/policy")
+    except OSError:
+        return []
+    if status != 200 or not isinstance(body, dict) or "sha256" not in body:
+        return []
+    source, sha = body.get("source", host.policy), str(body["sha256"])[:12]
+    rejected = body.get("rejected")
+    if not rejected:
+        return [Check("policy reload", True, f"ds01d enforces {source} (sha256 {sha})")]
+    return [
+        Check(
+            "policy reload",
+            False,
+            f"ds01d rejected the last reload of {source} and still enforces the previous "
+            f"policy (sha256 {sha}): {rejected.get('error')}",
+            f"correct {source} (ds01 policy validate {source} lists every error); ds01d "
+            "loads it once it is valid (on change, or: systemctl reload ds01d)",
+        )
+    ]
+
+
 def check_real_socket(host: Host) -> Check:
     path = real_socket(host)
     name = "dockerd socket"
@@ -459,6 +487,7 @@ def run_checks(host: Host) -> list[Check]:
         check_default_runtime(info),
         check_gpus(host),
         policy_check,
+        *check_policy_reload(host),
         *check_bind_prefixes(policy),
         *check_bind_mount_options(host, policy),
         *check_link_protection(host),

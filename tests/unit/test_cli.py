@@ -260,3 +260,32 @@ def test_status_names_a_rejected_reload_with_its_fix():
     assert "ds01d still enforces the previous policy (sha256 abababababab)" in line
     assert "/p.yaml:2 defaults.max_gpu: unknown key" in line
     assert "To fix: correct /p.yaml (ds01 policy validate /p.yaml)" in line
+
+
+def test_doctor_shows_a_rejected_reload_until_it_is_fixed(tmp_path):
+    """`ds01 doctor` fails with the error and the fix while ds01d keeps an old policy, and
+    passes once ds01d reports a valid policy loaded."""
+    from ds01cli.doctor import Host, check_policy_reload
+
+    answer = {
+        "source": "/etc/ds01/policy.yaml",
+        "sha256": "cd" * 32,
+        "rejected": {"error": "/etc/ds01/policy.yaml:2 defaults.max_gpu: unknown key", "at": 1.0},
+    }
+    host = Host(gateway_socket="gw", request=lambda sock, method, path: (200, {}, answer))
+    (check,) = check_policy_reload(host)
+    assert (check.name, check.ok, check.warn) == ("policy reload", False, False)
+    assert check.detail == (
+        "ds01d rejected the last reload of /etc/ds01/policy.yaml and still enforces the "
+        "previous policy (sha256 cdcdcdcdcdcd): /etc/ds01/policy.yaml:2 defaults.max_gpu: "
+        "unknown key"
+    )
+    assert check.fix.startswith("correct /etc/ds01/policy.yaml (ds01 policy validate")
+    answer["rejected"] = None
+    (check,) = check_policy_reload(host)
+    assert check.ok and check.detail == "ds01d enforces /etc/ds01/policy.yaml (sha256 cdcdcdcdcdcd)"
+
+    def refused(sock, method, path):
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    assert check_policy_reload(Host(gateway_socket="gw", request=refused)) == []
