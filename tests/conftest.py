@@ -1,4 +1,9 @@
-"""Shared pytest fixtures: a session-wide private dockerd with the fake NVIDIA hook and image."""
+"""Shared pytest fixtures: a session-wide private dockerd with the fake NVIDIA hook and image.
+
+Also the session's side of the host ledger (tests/harness/host_ledger.py): every user, group,
+cgroup, mode change, temp folder and plugin spec the harness makes is undone when the last test
+session that uses it ends, so a second run starts from the same host state.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +20,27 @@ from tests.harness import (
     FAKE_HOOK_RECORD_ENV,
     PrivateDockerd,
     default_record_path,
+    host_ledger,
     import_busybox_image,
     install_fake_hook,
 )
 from tests.harness.images import BUSYBOX_SOURCE
 
 _SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """This session holds what it claims on the host until it ends."""
+    host_ledger.start_session()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Undo the host changes no live session uses any more (failures are reported, not fatal)."""
+    failures = host_ledger.end_session()
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    for failure in failures:
+        if reporter is not None:
+            reporter.write_line(f"host cleanup: {failure}", yellow=True)
 
 
 def docker_unavailable_reason() -> str | None:
@@ -48,8 +68,11 @@ def require_docker() -> None:
 
 
 def new_base_dir(prefix: str = "ds01-") -> str:
-    """A fresh, short directory under /tmp (unix socket paths must stay short)."""
-    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    """A fresh, short directory under /tmp (unix socket paths must stay short), removed when
+    the session ends at the latest."""
+    path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    host_ledger.claim_path(path)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from policy.build_cgroup import BUILD_CGROUPFS_PARENT
+from tests.harness.host_ledger import claim_path, make_dirs, release
+
 PLUGIN_SPEC_DIR = Path("/etc/docker/plugins")
 # Linux sun_path is 108 bytes; stay well below so derived paths also fit.
 MAX_SOCKET_PATH = 100
@@ -22,10 +25,11 @@ MAX_SOCKET_PATH = 100
 
 def write_plugin_spec(name: str, socket_path: str | os.PathLike[str]) -> Path:
     """Write /etc/docker/plugins/<name>.spec pointing dockerd at a plugin's unix socket."""
-    PLUGIN_SPEC_DIR.mkdir(parents=True, exist_ok=True)
+    make_dirs(PLUGIN_SPEC_DIR)
     remove_stale_plugin_specs()
     spec = PLUGIN_SPEC_DIR / f"{name}.spec"
     spec.write_text(f"unix://{os.fspath(socket_path)}\n")
+    claim_path(spec)  # removed at the session's end at the latest
     return spec
 
 
@@ -44,7 +48,9 @@ def remove_stale_plugin_specs() -> None:
 
 def remove_plugin_spec(name: str) -> None:
     """Remove the spec file written by write_plugin_spec (no error if absent)."""
-    (PLUGIN_SPEC_DIR / f"{name}.spec").unlink(missing_ok=True)
+    spec = PLUGIN_SPEC_DIR / f"{name}.spec"
+    spec.unlink(missing_ok=True)
+    release("path", spec)
 
 
 def docker_binary() -> str:
@@ -146,8 +152,11 @@ class PrivateDockerd:
         extra_args: Sequence[str] = (),
         shutdown_timeout: int = 3,
         dockerd_binary: str | None = None,
+        cgroup_parent: str = BUILD_CGROUPFS_PARENT,
     ) -> None:
         self.base = Path(base_dir).absolute()
+        # As packaging/daemon.json sets it: BuildKit's RUN steps go to <parent>/buildkit/<id>.
+        self.cgroup_parent = cgroup_parent
         self.authz_plugin = authz_plugin
         self.extra_path = [os.fspath(p) for p in extra_path]
         self.socket_mode = socket_mode
@@ -219,6 +228,7 @@ class PrivateDockerd:
             "--containerd-plugins-namespace",
             f"{self.containerd_namespace}-plugins",
             f"--shutdown-timeout={self.shutdown_timeout}",
+            f"--cgroup-parent={self.cgroup_parent}",
         ]
         if self.authz_plugin:
             cmd.append(f"--authorization-plugin={self.authz_plugin}")

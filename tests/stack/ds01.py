@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tests.harness.dockerd import PrivateDockerd, remove_plugin_spec, write_plugin_spec
 from tests.harness.fake_nvidia_hook import default_record_path, install_fake_hook
+from tests.harness.host_ledger import add_mode_bits, claim_new_cgroups, claim_path, ds01_cgroups
 from tests.harness.images import import_busybox_image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,12 +43,11 @@ def make_reachable_by_test_users(path: Path) -> None:
     """Let other Unix users traverse to the checkout (its venv and code) and run it.
 
     Only the search (x) bit is added, to directories on the way that lack it: a checkout in a
-    private directory would otherwise make every as-a-user test fail on permissions.
+    private directory would otherwise make every as-a-user test fail on permissions. The host
+    ledger puts the original modes back when the last test session ends.
     """
     for directory in [path, *path.parents]:
-        mode = directory.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            os.chmod(directory, mode | stat.S_IXOTH)
+        add_mode_bits(directory, stat.S_IXOTH)
 
 
 def user_python() -> str:
@@ -69,6 +69,8 @@ class Ds01Stack:
         nofile: int | None = None,
     ) -> None:
         self.base = base
+        claim_path(base)  # removed (with dockerd's data) when the test session ends
+        self._cgroups_before: set[Path] | None = None
         # ds01d's open-file limit (soft and hard), e.g. 1024 as systemd gives a unit by default.
         self.nofile = nofile
         self.base.mkdir(parents=True, exist_ok=True)
@@ -97,6 +99,8 @@ class Ds01Stack:
         return Path(default_record_path(self.hook_dir))
 
     def start(self) -> Ds01Stack:
+        if self._cgroups_before is None:
+            self._cgroups_before = ds01_cgroups()
         make_reachable_by_test_users(REPO)
         install_fake_hook(str(self.hook_dir))
         self.start_ds01d()
@@ -157,6 +161,9 @@ class Ds01Stack:
         finally:
             self.kill_ds01d(signal.SIGTERM)
             remove_plugin_spec(self.plugin_name)
+            if self._cgroups_before is not None:
+                # The user cgroups ds01d made: removed when no test session uses them.
+                claim_new_cgroups(self._cgroups_before)
 
     def set_policy(self, text: str) -> None:
         """Replace the policy and make ds01d load it now (SIGHUP), as an admin would."""
