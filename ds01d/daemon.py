@@ -20,7 +20,7 @@ from aiohttp import web
 from allocator.inventory import InventoryError
 from allocator.ledger import Ledger
 from authz_plugin.authz import plugin_app
-from ds01d.docker_client import DockerClient, socket_path
+from ds01d.docker_client import DockerClient, socket_path, stop_container
 from ds01d.events import EventWatcher
 from ds01d.gpus import GpuBroker
 from ds01d.host.cgroups import CgroupfsManager, SystemdSliceManager, UserCgroups
@@ -263,7 +263,8 @@ class Daemon:
 
     async def _stop_container(self, container_id: str, why: str) -> None:
         log.warning("stopping %s: %s", container_id[:12], why)
-        await self.docker.request("POST", f"/containers/{container_id}/stop", params={"t": "10"})
+        grace = settings_from_policy(self.policy.document.data).stop_grace  # as the lifecycle
+        await stop_container(self.docker, container_id, grace)
 
     def _protected_paths(self) -> tuple[str, ...]:
         paths = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -17,6 +18,16 @@ class DockerError(RuntimeError):
         super().__init__(f"dockerd answered {status}: {message}")
         self.status = status
         self.message = message
+
+
+async def stop_container(docker: DockerClient, container_id: str, grace: float) -> None:
+    """Stop a container the one way ds01d does: SIGTERM, then SIGKILL after ``grace`` seconds.
+
+    ``grace`` is the policy's ``stop_grace`` (``policy.lifecycle.Settings``), for the lifecycle
+    and preemption alike; dockerd takes whole seconds.
+    """
+    path = f"/containers/{quote(container_id, safe='')}/stop"
+    await docker.request("POST", path, params={"t": str(math.ceil(max(grace, 0.0)))})
 
 
 def socket_path(docker_host: str) -> str:

@@ -12,17 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import pwd
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ds01d.docker_client import DockerError
+from ds01d.docker_client import DockerError, stop_container
 from ds01d.host.nvml import nvml_usage
 from ds01d.identities import identity_for_uid
 from ds01d.notify import Notifier, open_container_tmp
@@ -422,28 +421,27 @@ class Lifecycle:
         self._pending.pop(container_id, None)
 
     async def _stop(self, info: ContainerInfo, action: Stop, settings: Settings) -> None:
-        grace = str(math.ceil(settings.stop_grace))
         log.warning("stopping %s (%s): %s", info.short, info.user, action.message)
-        await self._act("stop", "POST", f"/containers/{info.id}/stop", {"t": grace}, info, action)
+        stopping = stop_container(self.docker, info.id, settings.stop_grace)
+        await self._act("stop", stopping, info, action)
 
     async def _remove(self, info: ContainerInfo, action: Remove) -> None:
         log.warning("removing %s (%s): %s", info.short, info.user, action.message)
         # v=0: anonymous volumes may hold the user's data; removing those is their call.
         params = {"force": "1", "v": "0"}
-        await self._act("remove", "DELETE", f"/containers/{info.id}", params, info, action)
+        removing = self.docker.request("DELETE", f"/containers/{info.id}", params=params)
+        await self._act("remove", removing, info, action)
 
     async def _act(
         self,
         kind: str,
-        method: str,
-        path: str,
-        params: dict[str, str],
+        call: Awaitable[Any],
         info: ContainerInfo,
         action: Stop | Remove,
     ) -> None:
         """One stop or removal, audited and counted; a container already gone is done."""
         try:
-            await self.docker.request(method, path, params=params)
+            await call
         except Exception as exc:
             if not (isinstance(exc, DockerError) and exc.status == 404):
                 log.error("could not %s %s: %s", kind, info.short, exc)
