@@ -36,10 +36,11 @@ from ds01d.observe.recorder import Recorder
 from ds01d.policy_store import PolicyStore
 from ds01d.service import Service
 from gateway import limits as gl
+from policy.build_cgroup import dockerd_cgroup_parent
 from policy.gpu_audiences import gpu_audiences
 from policy.identity import Identity
 from policy.lifecycle import effective, kind_of, settings_from_policy
-from policy.limits import Limits
+from policy.limits import Limits, build_cap
 from policy.loader import PolicyError
 
 log = logging.getLogger("ds01d")
@@ -72,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cgroup-driver", choices=["cgroupfs", "systemd"], help="default: dockerd's")
     p.add_argument(
         "--no-cgroups", action="store_true", help="do not manage per-user parent cgroups"
+    )
+    p.add_argument(
+        "--build-cgroup-parent",
+        help="dockerd's cgroup-parent, below which BuildKit runs every build "
+        "(default: /ds01-builds, or ds01_builds.slice with the systemd driver)",
     )
     p.add_argument("--dry-run", action="store_true", help="lifecycle: report, stop nothing")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -195,6 +201,8 @@ class Daemon:
         self.broker.hold_after_stop = self._gpu_hold_after_stop
         self.broker.ledger.audiences = gpu_audiences(self.policy.document)  # who may use what
         self.cgroups = None if args.no_cgroups else self._cgroups(args)
+        if self.cgroups is not None:  # BuildKit's shared cgroup holds the policy's builds cap
+            self.cgroups.ensure_builds(build_cap(self.policy.document))
         self.service = Service(
             self.policy,
             self.docker,
@@ -223,9 +231,10 @@ class Daemon:
 
     def _cgroups(self, args: argparse.Namespace) -> UserCgroups:
         driver = args.cgroup_driver or self.policy.cgroup_driver
+        build_parent = args.build_cgroup_parent or dockerd_cgroup_parent(driver)
         if driver == "systemd":
-            return UserCgroups(SystemdSliceManager())
-        return UserCgroups(CgroupfsManager())
+            return UserCgroups(SystemdSliceManager(build_slice=build_parent))
+        return UserCgroups(CgroupfsManager(build_parent=build_parent))
 
     def _policy_reloaded(self, ok: bool, detail: str) -> None:
         self.metrics.record_policy_reload(ok)
@@ -242,6 +251,7 @@ class Daemon:
                 self.broker.ledger.audiences = gpu_audiences(self.policy.document)
             if getattr(self, "cgroups", None) is not None:  # new limits, containers keep running
                 self.cgroups.refresh(lambda user: self._limits_for(user, None))
+                self.cgroups.ensure_builds(build_cap(self.policy.document))
 
     def _limits_for(self, user: str, uid: int | None) -> Limits:
         """The limits of a user known by name (and uid, from container labels)."""
