@@ -6,14 +6,13 @@ Exit codes: 0 ok, 1 failure, 2 misuse.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
-import socket
 import sys
 import time
 from typing import Any
 
+from ds01d import unix_http
 from ds01d.identities import identity_for_uid
 from formats.units import format_duration, format_size
 from policy.identity import Identity
@@ -160,35 +159,18 @@ def gateway_socket() -> str:
     return os.environ.get("DS01_SOCKET", "/var/run/docker.sock")
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=30)
-        self.path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(30)
-        sock.connect(self.path)
-        self.sock = sock
-
-
 def api(method: str, path: str) -> Any:
     """Call ds01d's /ds01/v1 API; it knows who we are from the socket."""
     sock = gateway_socket()
-    conn = _UnixConnection(sock)
     try:
-        conn.request(method, "/ds01/v1/" + path)
-        resp = conn.getresponse()
-        data = resp.read()
+        resp = unix_http.request(sock, method, "/ds01/v1/" + path)
     except OSError as exc:
         raise Failure(
             f"cannot reach ds01d at {sock} ({exc.strerror or exc}). "
             "To fix: check that ds01d runs (ds01 doctor), or set DOCKER_HOST"
         ) from None
-    finally:
-        conn.close()
     try:
-        body = json.loads(data)
+        body = json.loads(resp.body)
     except ValueError:
         raise Failure(
             f"{sock} did not answer like ds01d (is the gateway in front of dockerd?). "

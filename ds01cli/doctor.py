@@ -11,17 +11,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import grp
-import http.client
 import json
 import os
 import shlex
-import socket
 import stat
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ds01d import unix_http
 from policy.host_checks import (
     LINK_SYSCTLS,
     Finding,
@@ -76,35 +75,15 @@ class Host:
 # ----------------------------------------------------------------------------- probes
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=5)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(5)
-        self.sock.connect(self.unix_path)
-
-
 def http_request(sock: str, method: str, path: str) -> tuple[int, dict[str, str], Any]:
     """One HTTP request over a unix socket; OSError when the socket cannot be reached."""
-    conn = _UnixConnection(sock)
+    body = b"{}" if method == "POST" else None
+    headers = {"Content-Type": "application/json"} if body else {}
+    answer = unix_http.request(sock, method, path, body=body, headers=headers, timeout=5)
     try:
-        body = b"{}" if method == "POST" else None
-        headers = {"Content-Type": "application/json"} if body else {}
-        conn.request(method, path, body=body, headers=headers)
-        resp = conn.getresponse()
-        data = resp.read()
-        got = {k.lower(): v for k, v in resp.getheaders()}
-    except http.client.HTTPException as exc:
-        raise OSError(f"not an HTTP server ({exc.__class__.__name__})") from exc
-    finally:
-        conn.close()
-    try:
-        return resp.status, got, json.loads(data) if data.strip() else None
+        return answer.status, answer.headers, answer.json()
     except ValueError:
-        return resp.status, got, None
+        return answer.status, answer.headers, None
 
 
 def _why(exc: OSError) -> str:

@@ -118,24 +118,12 @@ def add_commands(
 def container_projects(socket_path: str) -> dict[str, str]:
     """Container ID -> project name, from the labels the gateway shows this user; empty when
     the listing fails (a project name is a courtesy, never a reason to fail a command)."""
-    import http.client
-    import json
-    import socket
+    from ds01d import unix_http
 
-    class Conn(http.client.HTTPConnection):
-        def connect(self) -> None:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.sock.settimeout(10)
-            self.sock.connect(socket_path)
-
-    conn = Conn("localhost", timeout=10)
     try:
-        conn.request("GET", "/containers/json?all=1")
-        rows = json.loads(conn.getresponse().read())
+        rows = unix_http.request(socket_path, "GET", "/containers/json?all=1", timeout=10).json()
     except (OSError, ValueError):
         return {}
-    finally:
-        conn.close()
     if not isinstance(rows, list):
         return {}
     return {r.get("Id", ""): projects.project_of(r.get("Labels")) for r in rows}

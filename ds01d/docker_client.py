@@ -10,6 +10,10 @@ from urllib.parse import quote
 
 import aiohttp
 
+from ds01d.unix_http import socket_path
+
+__all__ = ["API", "DockerClient", "DockerError", "socket_path", "stop_container"]
+
 API = "/v1.41"  # dockerd 20.10 and newer all speak it
 
 
@@ -28,12 +32,6 @@ async def stop_container(docker: DockerClient, container_id: str, grace: float) 
     """
     path = f"/containers/{quote(container_id, safe='')}/stop"
     await docker.request("POST", path, params={"t": str(math.ceil(max(grace, 0.0)))})
-
-
-def socket_path(docker_host: str) -> str:
-    if not docker_host.startswith("unix://"):
-        raise ValueError(f"--docker-host must be unix:///path, not {docker_host!r}")
-    return docker_host[len("unix://") :]
 
 
 class DockerClient:
