@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
+from formats.labels import LABEL_DEVICES, LABEL_USER, parse_devices, parse_uid
 from formats.timestamps import parse_docker_time
 from formats.units import format_duration, parse_duration
 
@@ -215,18 +216,13 @@ def container_info(inspect: Mapping[str, Any]) -> ContainerInfo:
     config = inspect.get("Config") or {}
     labels = config.get("Labels") or {}
     state = inspect.get("State") or {}
-    devices = tuple(
-        part.strip() for part in (labels.get("ds01.devices") or "").split(",") if part.strip()
-    )
-    try:
-        uid: int | None = int(labels["ds01.uid"])
-    except (KeyError, ValueError):
-        uid = None
+    devices = parse_devices(labels.get(LABEL_DEVICES))
+    uid = parse_uid(labels)
     pid = state.get("Pid")
     return ContainerInfo(
         id=inspect.get("Id", ""),
         name=(inspect.get("Name") or "").lstrip("/"),
-        user=labels.get("ds01.user", ""),
+        user=labels.get(LABEL_USER, ""),
         kind=kind_of(labels),
         state=state.get("Status") or "unknown",
         created_at=parse_docker_time(inspect.get("Created")),
