@@ -91,14 +91,21 @@ HELP: dict[str, CommandHelp] = {
         (("ds01 policy explain $USER", "your effective limits and where each comes from"),),
     ),
     "policy validate": CommandHelp(
-        "check a policy file; print file:line key: reason for the first problem (exit 1)",
-        (("ds01 policy validate /etc/ds01/policy.yaml", "check the live policy"),),
+        "check a policy file: file:line key: reason for every problem (exit 1); warnings for "
+        "users, Unix groups and MIG profiles the host does not have (exit 0)",
+        (
+            ("ds01 policy validate /etc/ds01/policy.yaml", "check the live policy"),
+            ("ds01 policy validate new.yaml --json", "the same, as JSON"),
+        ),
     ),
     "policy explain": CommandHelp(
-        "show a user's effective limits and which part of the policy set each",
+        "show the limits the running ds01d applies to a user, and which part of the policy set each",
         (
-            ("ds01 policy explain $USER", "your own limits, read from the policy file"),
-            ("ds01 policy explain alice --groups students", "as if alice were in students"),
+            ("ds01 policy explain $USER", "your own limits, as ds01d applies them"),
+            (
+                "ds01 policy explain alice --file new.yaml --groups students",
+                "what a policy file would give alice if she were in students",
+            ),
         ),
     ),
     "policy diff": CommandHelp(
