@@ -12,19 +12,19 @@ from typing import Any
 
 from ds01d.api import PREFIX as API_PREFIX
 from ds01d.api import Api
+from ds01d.create_saga import CreateSaga
 from ds01d.docker_client import DockerError
 from ds01d.identities import IdentityCache
 from ds01d.image_owners import answer_screen
-from ds01d.service import START_ENDPOINTS, Service
+from ds01d.service import START_ENDPOINTS, Service, Verdict
 from ds01d.tickets import TOKEN_HEADER
 from formats.labels import LABEL_USER
 from gateway.types import Client, Forward, Reply, RequestHead
-from policy import create as create_rules
 from policy import networks as network_rules
 from policy.decision import Decision
-from policy.engine import BODY_SHAPES, OPTIONAL_BODY_SHAPES, route_of
+from policy.engine import route_of
+from policy.facts import ParsedRequest, parse_request, takes_json_body
 from policy.identity import Identity
-from policy.limits import Limits
 from policy.routes import Route
 from policy.state import Request
 from policy.strict_json import dumps_canonical
@@ -62,9 +62,7 @@ class GatewayHandler:
 
     def body_limit(self, client: Client, head: RequestHead) -> int | None:
         route = route_of(Request(head.method, head.target))
-        if route is not None and (
-            route.endpoint in BODY_SHAPES or route.endpoint in OPTIONAL_BODY_SHAPES
-        ):
+        if route is not None and takes_json_body(route):
             return MAX_JSON_BODY
         return None
 
@@ -105,25 +103,28 @@ class GatewayHandler:
             status, data = await self.api.handle(identity, head.method, head.target)
             return Reply(status=status, body=json.dumps(data, default=str).encode())
         headers = tuple((k, v) for k, v in head.headers if not k.lower().startswith("x-ds01-"))
-        request = Request(head.method, head.target, _header_map(headers), body)
-        decision, limits = await self.service.decide(request, identity, "gateway")
+        # Parsed once here; the service, the engine and the saga all use this one value.
+        parsed = parse_request(Request(head.method, head.target, _header_map(headers), body))
+        verdict = await self.service.decide(parsed, identity, "gateway")
+        decision, limits = verdict.decision, verdict.limits
         if not decision.allowed:
             return deny_reply(decision)
-        route = route_of(request)
+        route = parsed.route
         assert route is not None  # decide() denies what does not route
         # What dockerd executes is what was decided: the full IDs checked, the query as parsed.
         target = route.canonical_target(decision.params, decision.query)
         new_body = body
         on_response: Callable[[int, bytes], Reply | None] | None = None
-        on_close = None
+        on_close: Callable[[bool], None] | None = None
         answer_limit = 0
         if decision.decide_on_answer:
-            on_response, answer_limit = self._screen(request, identity), MAX_SCREENED_ANSWER
+            on_response, answer_limit = self._screen(parsed, identity), MAX_SCREENED_ANSWER
         if route.endpoint == "/containers/create":
-            prepared = await self._prepare_create(route, identity, limits, decision)
-            if isinstance(prepared, Reply):
-                return prepared
-            new_body, on_response, on_close = prepared
+            saga = self.create_saga(verdict, identity)
+            prepared = await saga.prepare()
+            if isinstance(prepared, Decision):
+                return deny_reply(prepared)
+            new_body, on_response, on_close = prepared, _no_reply(saga.on_response), saga.on_close
             answer_limit = MAX_CREATE_ANSWER
         elif decision.body is not None:
             new_body = dumps_canonical(decision.body)
@@ -134,9 +135,6 @@ class GatewayHandler:
             on_response, answer_limit = await self._owner_screens(
                 route, identity, on_response, answer_limit
             )
-        refusal = await self.service.start_guard(request, identity)
-        if refusal is not None:
-            return deny_reply(refusal)
         token = self.service.tickets.issue(
             identity,
             head.method,
@@ -165,82 +163,33 @@ class GatewayHandler:
             hijack=_hijacked(route, new_body),
         )
 
-    async def _prepare_create(
-        self, route: Route, identity: Identity, limits: Limits, decision: Decision
-    ) -> (
-        Reply
-        | tuple[
-            bytes,
-            Callable[[int, bytes], Reply | None],
-            Callable[[bool], None],
-        ]
-    ):
-        body: dict[str, Any] = decision.body or {}
+    def create_saga(self, verdict: Verdict, identity: Identity) -> CreateSaga:
+        """The saga that carries out an approved create (ds01d/create_saga.py)."""
         service = self.service
-        if service.cgroups is not None and not limits.is_admin:
-            for warning in await service.cgroups.ensure(identity, limits) or ():
-                # dockerd would still create the parent (without limits): say so in the record
-                service.recorder.event(
-                    "cgroup_warning",
-                    user=identity.user,
-                    uid=identity.uid,
-                    result="warn",
-                    reason=warning,
-                )
-        await self._create_named_volumes(body, identity)
-        devices: list[str] = []
-        gpueq = 0.0
-        reservation = None
-        if decision.gpu_request is not None:
-            if service.gpus is None:
-                return json_reply(
-                    409, "ds01: this server has no GPUs to give. To fix: run without --gpus"
-                )
-            outcome = await service.gpus.reserve(
-                identity, limits, decision.gpu_request, body, service.clock()
-            )
-            if isinstance(outcome, Decision):
-                return deny_reply(outcome)
-            reservation = outcome
-            devices, gpueq = list(outcome.device_ids), outcome.gpueq
-        try:
-            create_rules.apply_allocation(body, devices, gpueq, service.clock())
-            raw = dumps_canonical(body)
-        except BaseException:
-            if reservation is not None:  # never lose (or leak) an allocation
-                service.gpus.rollback(reservation)
-            raise
-        bound = False
 
-        def on_response(status: int, data: bytes) -> None:
-            nonlocal bound
-            container_id = _created_id(status, data)
-            if container_id is None:
-                return
-            service.recorder.event(
-                "created",
-                user=identity.user,
-                uid=identity.uid,
-                container=container_id,
-                result="allow",
-                changes=list(decision.changes),
-                devices=devices,
-            )
-            if reservation is not None:
-                service.gpus.bind(reservation, container_id)
-                bound = True
+        def record(decision: Decision) -> None:
+            service.record("gateway", verdict.parsed, identity, decision, verdict.seconds)
 
-        def on_close(ok: bool) -> None:
-            if reservation is not None and not bound:
-                service.gpus.rollback(reservation)
+        return CreateSaga(
+            identity,
+            verdict.limits,
+            verdict.decision,
+            verdict.state,
+            docker=service.docker,
+            gpus=service.gpus,
+            cgroups=service.cgroups,
+            clock=service.clock,
+            record=record,
+            event=service.recorder.event,
+        )
 
-        return raw, on_response, on_close
-
-    def _screen(self, request: Request, identity: Identity) -> Callable[[int, bytes], Reply | None]:
+    def _screen(
+        self, parsed: ParsedRequest, identity: Identity
+    ) -> Callable[[int, bytes], Reply | None]:
         """The owner check of a self-describing read, made on dockerd's answer to it."""
 
         def on_response(status: int, answer: bytes) -> Reply | None:
-            decision = self.service.decide_on_answer(request, identity, status, answer)
+            decision = self.service.decide_on_answer(parsed, identity, status, answer)
             if decision is None or decision.allowed:
                 return None
             return deny_reply(decision)
@@ -264,16 +213,6 @@ class GatewayHandler:
         if route.endpoint in _CONFLICT_ANSWERS:
             return _redact_conflicts(on_response), answer_limit or MAX_CREATE_ANSWER
         return on_response, answer_limit
-
-    async def _create_named_volumes(self, body: dict[str, Any], identity: Identity) -> None:
-        # dockerd would create them unlabelled, invisible to their creator: create them owned.
-        for name in create_rules.referenced_volumes(body):
-            if await self.service.docker.inspect_volume(name) is None:
-                await self.service.docker.request(
-                    "POST",
-                    "/volumes/create",
-                    body={"Name": name, "Labels": {LABEL_USER: identity.user}},
-                )
 
 
 def _screen_networks(
@@ -335,14 +274,14 @@ def _image_answer(
     return on_response
 
 
-def _created_id(status: int, data: bytes) -> str | None:
-    if status != 201:
+def _no_reply(inner: Callable[[int, bytes], None]) -> Callable[[int, bytes], Reply | None]:
+    """A callback that watches dockerd's answer and leaves it as it is."""
+
+    def on_response(status: int, answer: bytes) -> Reply | None:
+        inner(status, answer)
         return None
-    try:
-        value = json.loads(data).get("Id")
-    except (ValueError, AttributeError):
-        return None
-    return value if isinstance(value, str) and value else None
+
+    return on_response
 
 
 def _hijacked(route: Route, body: bytes | None) -> bool:

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -21,12 +21,17 @@ from ds01d.image_owners import ImageOwners
 from ds01d.policy_store import PolicyStore
 from ds01d.tickets import TOKEN_HEADER, Tickets
 from formats.labels import LABEL_USER
-from policy import builds as build_rules
-from policy import create as create_rules
 from policy import images as image_rules
-from policy import networks as network_rules
 from policy.decision import Decision, deny
-from policy.engine import ANSWER_NAMES_TARGET, decide, parse_body, route_of
+from policy.engine import decide, needed_facts
+from policy.facts import (
+    NO_FACTS,
+    FactRequests,
+    ObjectRef,
+    ParsedRequest,
+    parse_request,
+    related_key,
+)
 from policy.identity import Identity, direct_identity
 from policy.limits import Limits
 from policy.mounts import start_problem
@@ -99,6 +104,70 @@ def _volume_facts(info: dict[str, Any]) -> ObjectFacts:
 _ANSWER_FACTS = {"/containers/{id}/json": facts_from_container, "/volumes/{name}": _volume_facts}
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """One request decided: its parse, the decision, and the limits and facts behind it."""
+
+    parsed: ParsedRequest
+    decision: Decision
+    limits: Limits
+    state: State
+    seconds: float  # looking up and deciding
+    # False: the final outcome is recorded later (on dockerd's answer, or by the create
+    # saga once the GPU reservation is settled), so that one request is recorded once.
+    recorded: bool = True
+
+
+class _Lookups:
+    """dockerd's view of the objects one request names: each looked up at most once."""
+
+    def __init__(self, docker: DockerClient) -> None:
+        self.docker = docker
+        self._seen: dict[tuple[str, str], Any] = {}
+
+    async def _once(self, key: tuple[str, str], fetch: Any) -> Any:
+        if key not in self._seen:
+            self._seen[key] = await fetch()
+        return self._seen[key]
+
+    async def container(self, ref: str) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = await self._once(
+            ("container", ref), lambda: self.docker.inspect_container(ref)
+        )
+        return result
+
+    async def image(self, ref: str) -> dict[str, Any] | None:
+        path = f"/images/{quote(ref, safe='/:@')}/json"
+        result: dict[str, Any] | None = await self._once(
+            ("image", ref), lambda: self.docker._get_or_none(path)
+        )
+        return result
+
+    async def facts(self, ref: ObjectRef) -> ObjectFacts | None:
+        if ref.kind == "container":
+            info = await self.container(ref.ref)
+            return facts_from_container(info) if info else None
+        if ref.kind == "exec":
+            return await self._exec(ref.ref)
+        inspect = (
+            self.docker.inspect_volume if ref.kind == "volume" else self.docker.inspect_network
+        )
+        info = await self._once((ref.kind, ref.ref), lambda: inspect(ref.ref))
+        return _facts_from_labelled(info, ref.kind) if info else None
+
+    async def _exec(self, exec_id: str) -> ObjectFacts | None:
+        info = await self._once(("exec", exec_id), lambda: self.docker.inspect_exec(exec_id))
+        if not info:
+            return None
+        container = await self.container(info.get("ContainerID", ""))
+        if not container:
+            return None
+        facts = facts_from_container(container, kind="exec")
+        return replace(
+            facts, id=exec_id, details={**facts.details, "container": container.get("Id")}
+        )
+
+
 class Service:
     def __init__(
         self,
@@ -135,171 +204,157 @@ class Service:
     # ---- deciding ------------------------------------------------------------------------
 
     async def decide(
-        self, request: Request, identity: Identity, door: str
-    ) -> tuple[Decision, Limits]:
-        """Look up what the request names, decide, record. Never raises."""
+        self, request: Request | ParsedRequest, identity: Identity, door: str
+    ) -> Verdict:
+        """Look up the facts the request's rule declares, decide once, record. Never raises.
+
+        A TLS user's decision is narrowed to what the plugin can carry out, and an allowed
+        start passes the start guard, before the one record is made. A create that needs
+        GPUs is recorded by its saga, once the reservation is settled.
+        """
         started = time.perf_counter()
-        route = route_of(request)
+        parsed = request if isinstance(request, ParsedRequest) else parse_request(request)
         limits = self.policy.limits(identity)
-        state = State()
+        state = self._state()
+        lookup = _Lookups(self.docker)  # one request's lookups, shared with the start guard
         try:
-            if route is not None:
-                state = await self.state_for(route, request, identity)
+            state = await self.gather(needed_facts(parsed, identity), identity, lookup)
+            decision = self._decided(parsed, identity, limits, state)
+            if identity.is_tls:
+                decision = await self._tls_decision(parsed, identity, decision)
+            if decision.allowed and not decision.decide_on_answer:
+                decision = await self.start_guard(parsed, identity, lookup) or decision
         except DockerError as exc:
-            decision = deny(
-                "docker_unavailable",
-                f"could not look up the objects named ({exc.message})",
-                "try again; if it persists, ask an admin",
-                503,
+            decision = replace(
+                deny(
+                    "docker_unavailable",
+                    f"could not look up the objects named ({exc.message})",
+                    "try again; if it persists, ask an admin",
+                    503,
+                ),
+                detail=f"DockerError: {exc.message}",
             )
-        else:
-            decision = decide(request, identity, limits, state)
-            if decision.allowed and route is not None and route.endpoint in image_rules.FACT_ROUTES:
-                decision = self.image_owners.claim_writes(route, identity, limits) or decision
-        if not decision.decide_on_answer:  # else decide_on_answer records the final one
-            container = state.target.id if state.target else None
-            self.recorder.decision(
-                door, route, identity, decision, time.perf_counter() - started, container=container
+        seconds = time.perf_counter() - started
+        deferred = decision.allowed and (
+            decision.decide_on_answer or (decision.gpu_request is not None and door == "gateway")
+        )
+        if not deferred:
+            self.record(door, parsed, identity, decision, seconds, state)
+        return Verdict(parsed, decision, limits, state, seconds, recorded=not deferred)
+
+    def _decided(
+        self, parsed: ParsedRequest, identity: Identity, limits: Limits, state: State
+    ) -> Decision:
+        decision = decide(parsed, identity, limits, state)
+        route = parsed.route
+        if decision.allowed and route is not None and route.endpoint in image_rules.FACT_ROUTES:
+            decision = self.image_owners.claim_writes(route, identity, limits) or decision
+        return decision
+
+    def record(
+        self,
+        door: str,
+        parsed: ParsedRequest,
+        identity: Identity,
+        decision: Decision,
+        seconds: float,
+        state: State | None = None,
+    ) -> None:
+        """The one place a decision is recorded (metrics and audit), GPU refusals included.
+
+        A decision's log-only ``detail`` (an internal error's cause) goes to the log and the
+        audit log, never to the user.
+        """
+        target = state.target if state is not None else None
+        container = target.id if target is not None else None
+        self.recorder.decision(door, parsed.route, identity, decision, seconds, container=container)
+        if decision.detail:
+            where = (
+                f"{parsed.method} {parsed.route.path if parsed.route else parsed.request.target}"
             )
-        return decision, limits
+            log.warning("%s for %s: %s: %s", where, identity.user, decision.code, decision.detail)
+            self.recorder.event(
+                "decision_detail",
+                user=identity.user,
+                uid=identity.uid,
+                endpoint=where,
+                result="allow" if decision.allowed else "deny",
+                reason=decision.code,
+                detail=decision.detail,
+            )
 
     def decide_on_answer(
-        self, request: Request, identity: Identity, status: int, answer: bytes
+        self, request: Request | ParsedRequest, identity: Identity, status: int, answer: bytes
     ) -> Decision | None:
         """Decide a read forwarded with ``decide_on_answer`` on the object dockerd returned.
 
         None: dockerd answered with an error of its own, which reaches the client unchanged.
         """
         started = time.perf_counter()
-        route = route_of(request)
+        parsed = request if isinstance(request, ParsedRequest) else parse_request(request)
+        decided = self._answer_decision(parsed, identity, status, answer)
+        if decided is not None:
+            decision, state = decided
+            self.record("gateway", parsed, identity, decision, time.perf_counter() - started, state)
+            return decision
+        return None
+
+    def _answer_decision(
+        self, parsed: ParsedRequest, identity: Identity, status: int, answer: bytes
+    ) -> tuple[Decision, State] | None:
+        route = parsed.route
         if route is None or status not in (200, 404):
             return None
         target: ObjectFacts | None = None
         if status == 200:
             try:
-                info = json.loads(answer)
-                target = _ANSWER_FACTS[route.endpoint](info)
-            except (ValueError, TypeError, AttributeError, KeyError):
-                decision = deny(
+                target = _ANSWER_FACTS[route.endpoint](json.loads(answer))
+            except (ValueError, TypeError, AttributeError, KeyError) as exc:
+                refusal = deny(
                     "bad_answer",
                     "could not read the Docker daemon's answer, so it was withheld",
                     "try again; if it persists, ask an admin",
                     502,
                 )
-                self.recorder.decision("gateway", route, identity, decision, 0.0)
-                return decision
+                return replace(refusal, detail=f"{type(exc).__name__}: {exc}"), self._state()
         state = self._state(target=target)
-        decision = decide(request, identity, self.policy.limits(identity), state)
-        self.recorder.decision(
-            "gateway",
-            route,
-            identity,
-            decision,
-            time.perf_counter() - started,
-            container=target.id if target else None,
-        )
-        return decision
+        return decide(parsed, identity, self.policy.limits(identity), state), state
 
     def _state(self, **facts: Any) -> State:
         """A state snapshot for one decision: now, this host, and the request's ``facts``."""
         return State(now=self.clock(), **self._host_facts, **facts)
 
-    async def state_for(self, route: Route, request: Request, identity: Identity) -> State:
-        """The facts the engine needs for this route (owners of named objects, counts)."""
-        if identity.is_direct:
+    async def gather(
+        self, needs: FactRequests, identity: Identity, lookup: _Lookups | None = None
+    ) -> State:
+        """Fetch exactly what ``needs`` names, each object once, and build the State."""
+        if needs == NO_FACTS:
             return self._state()
-        if (route.method, route.endpoint) in ANSWER_NAMES_TARGET:
+        if needs.target_in_answer:
             return self._state(target_in_answer=True)
-        endpoint, params = route.endpoint, route.params
-        target: ObjectFacts | None = None
+        lookup = lookup or _Lookups(self.docker)
+        target = await lookup.facts(needs.target) if needs.target is not None else None
         related: dict[str, ObjectFacts] = {}
+        for ref in needs.related:
+            facts = await lookup.facts(ref)
+            if facts is not None:
+                related[related_key(ref)] = facts
+        if needs.image_owners:
+            related[image_rules.OWNERS_KEY] = self.image_owners.facts()
+        for image in needs.images:
+            info = await lookup.image(image)
+            if info:
+                related[image_rules.image_key(image)] = image_rules.image_facts(info, image)
+        for tag in needs.tags:
+            info = await lookup.image(tag)
+            tagged = image_rules.image_facts(info, tag) if info else None
+            if tagged is not None and image_rules.has_tag(tagged, tag):
+                related[image_rules.tag_key(tag)] = tagged
         count = 0
-        if endpoint.startswith("/containers/{id}"):
-            info = await self.docker.inspect_container(params["id"])
-            target = facts_from_container(info) if info else None
-        elif endpoint.startswith("/exec/{id}"):
-            target = await self._exec_facts(params["id"])
-        elif endpoint.startswith("/volumes/{name}"):
-            info = await self.docker.inspect_volume(params["name"])
-            target = _facts_from_labelled(info, "volume") if info else None
-        elif endpoint.startswith("/networks/{id}"):
-            info = await self.docker.inspect_network(params["id"])
-            target = _facts_from_labelled(info, "network") if info else None
-            body = _try_body(route, request)
-            if body and body.get("Container"):
-                info = await self.docker.inspect_container(body["Container"])
-                if info:
-                    related[f"container:{body['Container']}"] = facts_from_container(info)
-        elif endpoint == "/commit" and route.q("container"):
-            info = await self.docker.inspect_container(route.q("container"))
-            target = facts_from_container(info) if info else None
-        elif endpoint == "/volumes/create":
-            body = _try_body(route, request)
-            if body and body.get("Name"):
-                info = await self.docker.inspect_volume(body["Name"])
-                target = _facts_from_labelled(info, "volume") if info else None
-        elif endpoint == "/containers/create":
-            body = _try_body(route, request)
-            if body is not None:
-                for ref in create_rules.referenced_containers(body):
-                    info = await self.docker.inspect_container(ref)
-                    if info:
-                        related[f"container:{ref}"] = facts_from_container(info)
-                for name in create_rules.referenced_volumes(body):
-                    info = await self.docker.inspect_volume(name)
-                    if info:
-                        related[f"volume:{name}"] = _facts_from_labelled(info, "volume")
-                owned = await self.docker.list_containers(
-                    {"label": [f"{LABEL_USER}={identity.user}"]}
-                )
-                count = len(owned)
-        await self._network_facts(route, request, related)
-        if endpoint in image_rules.FACT_ROUTES:
-            related.update(await self.image_facts(route, request))
+        if needs.user_containers:
+            owned = await self.docker.list_containers({"label": [f"{LABEL_USER}={identity.user}"]})
+            count = len(owned)
         return self._state(target=target, related=related, user_containers=count)
-
-    async def image_facts(self, route: Route, request: Request) -> dict[str, ObjectFacts]:
-        """The image record and dockerd's view of the images and tags a request names."""
-        refs, tags = image_rules.lookups(route, _try_body(route, request))
-        related = {image_rules.OWNERS_KEY: self.image_owners.facts()}
-        for ref in refs:
-            info = await self.docker._get_or_none(f"/images/{quote(ref, safe='/:@')}/json")
-            if info:
-                related[image_rules.image_key(ref)] = image_rules.image_facts(info, ref)
-        for tag in tags:
-            info = await self.docker._get_or_none(f"/images/{quote(tag, safe='/:@')}/json")
-            facts = image_rules.image_facts(info, tag) if info else None
-            if facts is not None and image_rules.has_tag(facts, tag):
-                related[image_rules.tag_key(tag)] = facts
-        return related
-
-    async def _network_facts(
-        self, route: Route, request: Request, related: dict[str, ObjectFacts]
-    ) -> None:
-        """Facts of the networks a build or a create names (``network:<ref>``)."""
-        refs: list[str] = []
-        if route.endpoint == "/build":
-            ref = build_rules.referenced_network(route)
-            refs = [ref] if ref else []
-        elif route.endpoint == "/containers/create":
-            body = _try_body(route, request)
-            refs = network_rules.referenced_networks(body) if body is not None else []
-        for ref in refs:
-            info = await self.docker.inspect_network(ref)
-            if info:
-                related[f"network:{ref}"] = _facts_from_labelled(info, "network")
-
-    async def _exec_facts(self, exec_id: str) -> ObjectFacts | None:
-        info = await self.docker.inspect_exec(exec_id)
-        if not info:
-            return None
-        container = await self.docker.inspect_container(info.get("ContainerID", ""))
-        if not container:
-            return None
-        facts = facts_from_container(container, kind="exec")
-        return replace(
-            facts, id=exec_id, details={**facts.details, "container": container.get("Id")}
-        )
 
     # ---- the AuthZ plugin's view ---------------------------------------------------------
 
@@ -313,9 +368,9 @@ class Service:
                 return AuthzAnswer(False, "ds01: a gateway token that does not match its request")
             if ticket.start_guarded:  # the gateway just re-acquired this start's GPUs
                 return AuthzAnswer(True)
-            request = Request(req.method, req.uri, req.headers, req.body)
+            request = parse_request(Request(req.method, req.uri, req.headers, req.body))
             return await self._recheck(request, ticket.identity)
-        request = Request(req.method, req.uri, req.headers, req.body)
+        request = parse_request(Request(req.method, req.uri, req.headers, req.body))
         if req.authn_method and not req.user:
             refusal = deny(
                 "unknown_tls_user",
@@ -335,20 +390,15 @@ class Service:
                 )
                 return AuthzAnswer(False, refusal.message)
             identity = tls_user
-        decision, _ = await self.decide(request, identity, "authz")
-        if identity.is_tls:
-            decision = await self._tls_decision(request, identity, decision)
-        if decision.allowed:
-            refusal = await self.start_guard(request, identity)
-            if refusal is not None:
-                return AuthzAnswer(False, refusal.message)
+        # decide() narrows a TLS user's decision (_tls_decision) and guards starts
+        decision = (await self.decide(request, identity, "authz")).decision
         return AuthzAnswer(decision.allowed, decision.message)
 
     async def _tls_decision(
-        self, request: Request, identity: Identity, decision: Decision
+        self, request: ParsedRequest, identity: Identity, decision: Decision
     ) -> Decision:
         """A TLS user's decision as the plugin can carry it out: unchanged, or refused."""
-        route = route_of(request)
+        route = request.route
         if decision.decide_on_answer and route is not None:
             # No answer to screen before dockerd runs it: look the object up instead.
             ref = route.params.get("id") or route.params.get("name") or ""
@@ -359,16 +409,17 @@ class Service:
             except DockerError as exc:
                 return deny("docker_unavailable", f"could not look up {ref} ({exc.message})")
             answer = json.dumps(info or {}).encode()
-            decision = self.decide_on_answer(
-                request, identity, 200 if info else 404, answer
-            ) or deny("bad_answer", f"could not decide on {ref}")
+            decided = self._answer_decision(request, identity, 200 if info else 404, answer)
+            decision = decided[0] if decided else deny("bad_answer", f"could not decide on {ref}")
         return without_rewrite(decision, route)
 
-    async def _recheck(self, request: Request, identity: Identity) -> AuthzAnswer:
+    async def _recheck(self, request: ParsedRequest, identity: Identity) -> AuthzAnswer:
         # The gateway decided on exactly these bytes (the ticket binds method, URI and body),
         # so the re-check is that binding; a start the gateway did not guard is guarded here.
+        started = time.perf_counter()
         refusal = await self.start_guard(request, identity)
         if refusal is not None:
+            self.record("authz", request, identity, refusal, time.perf_counter() - started)
             return AuthzAnswer(False, refusal.message)
         return AuthzAnswer(True)
 
@@ -376,13 +427,15 @@ class Service:
         self.tickets.finish(_header(req.headers, TOKEN_HEADER))
         return AuthzAnswer(True)
 
-    async def start_guard(self, request: Request, identity: Identity) -> Decision | None:
+    async def start_guard(
+        self, request: ParsedRequest, identity: Identity, lookup: _Lookups | None = None
+    ) -> Decision | None:
         """On every container start or restart: its bind sources are still the ones checked,
         and its recorded GPUs are free (or are re-acquired)."""
-        route = route_of(request)
+        route = request.route
         if route is None or route.endpoint not in START_ENDPOINTS:
             return None
-        info = await self.docker.inspect_container(route.params["id"])
+        info = await (lookup or _Lookups(self.docker)).container(route.params["id"])
         if info is None:
             return None
         refusal = self._bind_guard(info, identity)
@@ -411,11 +464,3 @@ def _header(headers: dict[str, str], name: str) -> str | None:
         if key.lower() == lowered:
             return value
     return None
-
-
-def _try_body(route: Route, request: Request) -> dict[str, Any] | None:
-    try:
-        body = parse_body(route, request)
-    except Exception:
-        return None
-    return body if isinstance(body, dict) else None

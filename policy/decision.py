@@ -25,6 +25,8 @@ class Decision:
     # Allowed so far, but the owner check waits for dockerd's answer (State.target_in_answer):
     # the caller must decide again with the object that answer describes before relaying it.
     decide_on_answer: bool = False
+    # For the log and the audit only, never shown to the user: an internal error's cause.
+    detail: str = ""
 
     @property
     def message(self) -> str:

@@ -6,18 +6,32 @@ actually reaches dockerd. Pure: no Docker, no files, no clock.
 
 from __future__ import annotations
 
+import copy
 import json
+import traceback
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from formats.labels import LABEL_DEVICES, LABEL_USER
 
 from . import builds as build_rules
 from . import create as create_rules
+from . import facts as needs
 from . import images as image_rules
 from . import networks as network_rules
 from .decision import Decision, Denied, allow, deny, not_found
+from .facts import (  # noqa: F401  (re-exported: the body shapes are part of the engine's API)
+    BODY_SHAPES,
+    NO_FACTS,
+    OPTIONAL_BODY_SHAPES,
+    FactRequests,
+    Needs,
+    ParsedRequest,
+    bad_body,
+    parse_body,
+    parse_request,
+)
 from .identity import Identity
 from .limits import Limits
 from .mounts import container_bind_sources
@@ -25,31 +39,7 @@ from .resources import check_update
 from .routes import Route, RouteError, parse_route
 from .run_as import checked_user, runs_as_user
 from .state import ObjectFacts, Request, State
-from .strict_json import (
-    CONTAINER_UPDATE,
-    EXEC_CREATE,
-    EXEC_START,
-    NETWORK_CONNECT,
-    NETWORK_CREATE,
-    VOLUME_CREATE,
-    BodyError,
-    Shape,
-    check_shape,
-    loads_strict,
-)
-
-# Endpoints whose JSON body carries the decision: no body means no decision.
-BODY_SHAPES: dict[str, Shape] = {
-    "/containers/create": create_rules.SHAPE,
-    "/containers/{id}/update": CONTAINER_UPDATE,
-    "/containers/{id}/exec": EXEC_CREATE,
-    "/volumes/create": VOLUME_CREATE,
-    "/networks/create": NETWORK_CREATE,
-    "/networks/{id}/connect": NETWORK_CONNECT,
-    "/networks/{id}/disconnect": NETWORK_CONNECT,
-}
-# JSON bodies that are optional (the CLI sends one, older clients none).
-OPTIONAL_BODY_SHAPES: dict[str, Shape] = {"/exec/{id}/start": EXEC_START}
+from .strict_json import BodyError
 
 # Readable by everyone, acting on no user's object.
 _OPEN = {
@@ -87,27 +77,35 @@ _ADMIN_FIX = "ask an admin of this server"
 ANSWER_NAMES_TARGET = frozenset({("GET", "/containers/{id}/json"), ("GET", "/volumes/{name}")})
 
 
-def decide(request: Request, identity: Identity, limits: Limits, state: State) -> Decision:
-    """The decision for one request. Never raises: anything unexpected is a denial."""
+def decide(
+    request: Request | ParsedRequest, identity: Identity, limits: Limits, state: State
+) -> Decision:
+    """The decision for one request. Never raises: anything unexpected is a denial.
+
+    Given a ``ParsedRequest`` it decides on that parse (the edge parses each request once);
+    given a raw ``Request`` it parses it first.
+    """
+    parsed = request if isinstance(request, ParsedRequest) else parse_request(request)
     try:
-        route = parse_route(request.method, request.target)
-        decision = _decide(route, request, identity, limits, state)
-        return _pin_target(route, decision, state) if decision.allowed else decision
+        if parsed.route is None:
+            return parsed.route_error or deny("bad_request", "unroutable request", "", 400)
+        decision = _decide(parsed, identity, limits, state)
+        return _pin_target(parsed.route, decision, state) if decision.allowed else decision
     except RouteError as exc:
         return deny("bad_request", str(exc), "use the docker CLI or an SDK, unmodified", 400)
     except BodyError as exc:
-        return deny(
-            "bad_body", f"refused an unclear request body: {exc}", "send plain Docker API JSON", 400
-        )
+        return bad_body(exc)
     except Denied as exc:
         return exc.decision
     except Exception as exc:
-        return deny(
+        refusal = deny(
             "internal",
             f"DS01 could not decide this request ({type(exc).__name__})",
             "report this to an admin; nothing was changed",
             403,
         )
+        # The cause stays in the log and the audit line; the user sees only the refusal.
+        return replace(refusal, detail="".join(traceback.format_exception(exc)).strip())
 
 
 # Routes whose {id} dockerd resolves by name or ID prefix: forwarded with the full ID checked.
@@ -137,33 +135,9 @@ def route_of(request: Request) -> Route | None:
         return None
 
 
-def parse_body(route: Route, request: Request) -> dict[str, Any] | None:
-    """The strictly parsed JSON body for a body-carrying endpoint (None when it has none)."""
-    shape = BODY_SHAPES.get(route.endpoint)
-    optional = shape is None
-    shape = shape or OPTIONAL_BODY_SHAPES.get(route.endpoint)
-    if shape is None:
-        return None
-    if not request.body:
-        if optional:
-            return None
-        raise Denied(
-            deny(
-                "no_body",
-                f"{route.method} {route.endpoint} arrived without its JSON body (bodies over 1 MiB, "
-                "chunked, or not sent as application/json are not shown to DS01)",
-                "send the request with Content-Type: application/json and a body under 1 MiB",
-                400,
-            )
-        )
-    body = loads_strict(request.body)
-    check_shape(body, shape)
-    return body
-
-
-def _decide(
-    route: Route, request: Request, identity: Identity, limits: Limits, state: State
-) -> Decision:
+def _decide(parsed: ParsedRequest, identity: Identity, limits: Limits, state: State) -> Decision:
+    route, request = parsed.route, parsed.request
+    assert route is not None
     _check_framing(request, route)
     if identity.is_direct:
         if limits.values.get("direct_access", "allow") == "deny":
@@ -179,7 +153,10 @@ def _decide(
             f"{identity.user} is not in the DS01 policy",
             "ask an admin to add you to a group in /etc/ds01/policy.yaml",
         )
-    body = parse_body(route, request)
+    if parsed.body_error is not None:
+        raise Denied(parsed.body_error)
+    # Handlers rewrite the body in place: work on a copy, so the parse stays reusable.
+    body = copy.deepcopy(parsed.body) if parsed.body is not None else None
     endpoint = route.endpoint
     if endpoint.startswith(_ADMIN_ONLY_PREFIXES) or endpoint in _ADMIN_ONLY:
         if limits.is_admin:
@@ -190,17 +167,13 @@ def _decide(
         return deny(
             "admin_only", f"{route.method} {route.path} is for admins only", _ADMIN_FIX, status
         )
-    handler = _HANDLERS.get(endpoint)
-    if handler is not None:
-        return handler(route, body, identity, limits, state)
+    rule = _rule_for(endpoint)
+    if rule is not None:
+        return rule.handler(route, body, identity, limits, state)
     if endpoint in _OPEN:
         return allow()
     if endpoint in _OWNER_FILTERED:
         return _owner_filtered(route, identity, limits)
-    if endpoint.startswith(("/containers/{id}", "/exec/{id}")):
-        return _owned_object(route, body, identity, limits, state)
-    if endpoint.startswith("/volumes/{name}"):
-        return _owned_object(route, body, identity, limits, state)
     return deny(
         "unknown_endpoint", f"{route.method} {route.path} is not governed by DS01", _ADMIN_FIX
     )
@@ -263,8 +236,7 @@ _ADMIN_BODY_PREFIXES = ("/plugins", "/swarm", "/services", "/nodes", "/secrets",
 def _takes_body(route: Route) -> bool:
     endpoint = route.endpoint
     return (
-        endpoint in BODY_SHAPES
-        or endpoint in OPTIONAL_BODY_SHAPES
+        needs.takes_json_body(route)
         or endpoint in _OTHER_BODIES
         or endpoint.startswith(_ADMIN_BODY_PREFIXES)
     )
@@ -542,28 +514,71 @@ def _commit_with_tags(
 
 
 Handler = Callable[[Route, Any, Identity, Limits, State], Decision]
-_HANDLERS: dict[str, Handler] = {
-    "/containers/create": _container_create,
-    "/containers/{id}/update": _container_update,
-    "/containers/{id}/exec": _exec_create,
-    "/volumes/create": _volume_create,
-    "/networks/create": _network_create,
-    "/networks/{id}/connect": _network_object,
-    "/networks/{id}/disconnect": _network_object,
-    "/networks/{id}": _network_object,
-    "/containers/{id}/archive": _archive,
-    "/build": _build,
-    "/session": _session,
-    "/grpc": _grpc,
-    "/commit": _commit_with_tags,
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A policy handler and the facts it needs, declared side by side so they cannot drift."""
+
+    handler: Handler
+    needs: Needs = needs.needs_nothing
+
+
+_RULES: dict[str, Rule] = {
+    "/containers/create": Rule(_container_create, needs.needs_container_create),
+    "/containers/{id}/update": Rule(_container_update, needs.needs_container),
+    "/containers/{id}/exec": Rule(_exec_create, needs.needs_container),
+    "/volumes/create": Rule(_volume_create, needs.needs_volume_create),
+    "/networks/create": Rule(_network_create),
+    "/networks/{id}/connect": Rule(_network_object, needs.needs_network),
+    "/networks/{id}/disconnect": Rule(_network_object, needs.needs_network),
+    "/networks/{id}": Rule(_network_object, needs.needs_network),
+    "/containers/{id}/archive": Rule(_archive, needs.needs_container),
+    "/build": Rule(_build, needs.needs_build),
+    "/session": Rule(_session),
+    "/grpc": Rule(_grpc),
+    "/commit": Rule(_commit_with_tags, needs.needs_commit),
     # Images: every tag has an owner (policy/images.py).
-    "/images/create": _images,
-    "/images/load": _images,
-    "/images/get": _images,
-    "/images/{name*}/get": _images,
-    "/images/{name*}/history": _images,
-    "/images/{name*}/json": _images,
-    "/images/{name*}/push": _images,
-    "/images/{name*}/tag": _images,
-    "/images/{name*}": _images,
+    **{
+        endpoint: Rule(_images, needs.needs_images)
+        for endpoint in (
+            "/images/create",
+            "/images/load",
+            "/images/get",
+            "/images/{name*}/get",
+            "/images/{name*}/history",
+            "/images/{name*}/json",
+            "/images/{name*}/push",
+            "/images/{name*}/tag",
+            "/images/{name*}",
+        )
+    },
 }
+# Every other route on a user's own object: the owner check, on the object the route names.
+_OWNED_RULES: tuple[tuple[str, Rule], ...] = (
+    ("/containers/{id}", Rule(_owned_object, needs.needs_container)),
+    ("/exec/{id}", Rule(_owned_object, needs.needs_exec)),
+    ("/volumes/{name}", Rule(_owned_object, needs.needs_volume)),
+)
+
+
+def _rule_for(endpoint: str) -> Rule | None:
+    rule = _RULES.get(endpoint)
+    if rule is not None:
+        return rule
+    return next((r for prefix, r in _OWNED_RULES if endpoint.startswith(prefix)), None)
+
+
+def needed_facts(parsed: ParsedRequest, identity: Identity) -> FactRequests:
+    """What the edge must look up before ``decide``: the facts the route's rule declares.
+
+    Nothing for direct access (root is not screened) or a request the engine will refuse
+    unread; a self-describing read is decided on dockerd's answer instead.
+    """
+    route = parsed.route
+    if identity.is_direct or route is None or parsed.body_error is not None:
+        return NO_FACTS
+    if (route.method, route.endpoint) in ANSWER_NAMES_TARGET:
+        return FactRequests(target_in_answer=True)
+    rule = _rule_for(route.endpoint)
+    return rule.needs(parsed) if rule is not None else NO_FACTS

@@ -126,9 +126,9 @@ async def test_volume_answer_is_read_for_its_owner(tmp_path):
 
 
 async def test_the_gateway_skips_the_lookup_but_direct_access_does_not_defer(tmp_path):
-    """state_for does no I/O for a deferred read (the DockerClient here reaches nothing)."""
+    """No lookup for a deferred read (the DockerClient here reaches nothing)."""
     service = _service(tmp_path)
-    decision, _ = await service.decide(INSPECT, ALICE, "gateway")
+    decision = (await service.decide(INSPECT, ALICE, "gateway")).decision
     assert decision.allowed and decision.decide_on_answer
-    decision, _ = await service.decide(INSPECT, direct_identity(), "authz")
+    decision = (await service.decide(INSPECT, direct_identity(), "authz")).decision
     assert decision.allowed and not decision.decide_on_answer
