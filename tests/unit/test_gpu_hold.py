@@ -13,8 +13,8 @@ import pytest
 
 from allocator.ledger import State
 from allocator.reconcile import ContainerSummary
-from ds01d.daemon import Daemon, build_parser
 from formats.labels import allocation_labels
+from tests.unit.daemon_helpers import make_daemon
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = """
@@ -33,22 +33,7 @@ DEVCONTAINER = {"devcontainer.local_folder": "/home/x/proj"}
 
 @pytest.fixture
 def daemon(tmp_path):
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
-    args = build_parser().parse_args(
-        [
-            "--policy",
-            str(policy),
-            "--inventory",
-            str(ROOT / "config" / "inventory.example.yaml"),
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--docker-host",
-            f"unix://{tmp_path}/none.sock",
-            "--no-cgroups",
-        ]
-    )
-    d = Daemon(args)
+    d = make_daemon(tmp_path, POLICY, str(ROOT / "config" / "inventory.example.yaml"))
     yield d
     d.audit.close()
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ds01d.daemon import Daemon, build_parser
 from ds01d.docker_client import stop_container
+from tests.unit.daemon_helpers import make_daemon
 
 
 class RecordingDocker:
@@ -34,22 +34,7 @@ def test_stop_container_sends_whole_seconds_of_grace() -> None:
 
 def test_preemption_stops_with_the_policys_stop_grace(tmp_path) -> None:
     """Not a grace of its own (it was 10 s while the lifecycle used ``stop_grace``)."""
-    policy = tmp_path / "policy.yaml"
-    policy.write_text("stop_grace: 45s\n")
-    args = build_parser().parse_args(
-        [
-            "--policy",
-            str(policy),
-            "--inventory",
-            "none",
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--docker-host",
-            f"unix://{tmp_path}/none.sock",
-            "--no-cgroups",
-        ]
-    )
-    daemon = Daemon(args)
+    daemon = make_daemon(tmp_path, "stop_grace: 45s\n")
     try:
         docker = RecordingDocker()
         daemon.docker = docker  # type: ignore[assignment]
