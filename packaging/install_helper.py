@@ -418,13 +418,34 @@ def merged_daemon_json(
             )
     else:
         opts += fragment["exec-opts"]
+        driver = fragment["exec-opts"][0].split("=", 1)[1]
     merged["exec-opts"] = opts
+    merged["cgroup-parent"] = _build_parent(current, fragment, driver, warnings)
     if current.get("default-runtime") == "nvidia":
         warnings.append(
             '"default-runtime": "nvidia" lets an image\'s ENV NVIDIA_VISIBLE_DEVICES=all reach '
             "GPUs outside DS01: remove it from daemon.json (DS01 hands out GPUs with --gpus)"
         )
     return merged, warnings
+
+
+def _build_parent(
+    current: dict[str, Any], fragment: dict[str, Any], driver: str, warnings: list[str]
+) -> str:
+    """dockerd's cgroup-parent: DS01's build cgroup, where BuildKit runs every build.
+
+    dockerd 20.10 puts every BuildKit RUN step below it (``<parent>/buildkit/<id>``) and ds01d
+    caps that with the policy's ``builds``. With the systemd driver it must be a slice; the
+    names are policy/build_cgroup.py's (this script runs before DS01 is installed).
+    """
+    wanted = "ds01_builds.slice" if driver == "systemd" else fragment["cgroup-parent"]
+    old = current.get("cgroup-parent")
+    if old not in (None, "", wanted):
+        warnings.append(
+            f'"cgroup-parent": "{old}" replaced by "{wanted}": DS01 caps BuildKit builds there; '
+            "containers created without --cgroup-parent (admins', root's) now land there too"
+        )
+    return wanted
 
 
 def merge_daemon_json(root: str, manifest_path: str, fragment_path: str) -> bool:

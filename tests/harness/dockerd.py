@@ -228,7 +228,8 @@ class PrivateDockerd:
             "--containerd-plugins-namespace",
             f"{self.containerd_namespace}-plugins",
             f"--shutdown-timeout={self.shutdown_timeout}",
-            f"--cgroup-parent={self.cgroup_parent}",
+            "--cgroup-parent",
+            self.cgroup_parent,
         ]
         if self.authz_plugin:
             cmd.append(f"--authorization-plugin={self.authz_plugin}")

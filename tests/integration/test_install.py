@@ -363,7 +363,8 @@ class ConfiguredDockerd(PrivateDockerd):
 
     def command(self) -> list[str]:
         cmd = super().command()
-        for flag in ("-H", "--exec-opt"):  # daemon.json says them; a flag too is an error
+        # daemon.json says them; a flag too is an error
+        for flag in ("-H", "--exec-opt", "--cgroup-parent"):
             i = cmd.index(flag)
             del cmd[i : i + 2]
         cmd[cmd.index("--config-file") + 1] = str(self.merged_config)

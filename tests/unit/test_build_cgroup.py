@@ -7,6 +7,8 @@ The kernel side is in tests/e2e/test_builds.py.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -178,3 +180,49 @@ def test_user_cgroups_reports_instead_of_raising(tmp_path: Path) -> None:
     cgroups = UserCgroups(CgroupfsManager(tmp_path, version=1, mounts={}))
     [warning] = cgroups.ensure_builds(BUILD_DEFAULTS)
     assert warning.startswith("BuildKit builds: no cgroup v1 hierarchy is mounted")
+
+
+# ---- dockerd's cgroup-parent at install ----------------------------------------------------
+
+
+def _install_helper():
+    spec = importlib.util.spec_from_file_location(
+        "install_helper", Path(__file__).parents[2] / "packaging" / "install_helper.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+FRAGMENT = json.loads((Path(__file__).parents[2] / "packaging" / "daemon.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("current", "parent", "warned"),
+    [
+        ({}, "/ds01-builds", False),
+        ({"cgroup-parent": "/ds01-builds"}, "/ds01-builds", False),
+        ({"cgroup-parent": "/lab"}, "/ds01-builds", True),
+        ({"exec-opts": ["native.cgroupdriver=systemd"]}, BUILD_SLICE, False),
+        (
+            {"exec-opts": ["native.cgroupdriver=systemd"], "cgroup-parent": "lab.slice"},
+            BUILD_SLICE,
+            True,
+        ),
+    ],
+    ids=["none", "already", "admins-cgroupfs", "systemd", "admins-systemd"],
+)
+def test_install_points_dockerd_at_the_build_cgroup(current, parent, warned) -> None:
+    merged, warnings = _install_helper().merged_daemon_json(current, FRAGMENT)
+    assert (
+        merged["cgroup-parent"]
+        == parent
+        == dockerd_cgroup_parent("systemd" if parent == BUILD_SLICE else "cgroupfs")
+    )
+    replaced = [w for w in warnings if '"cgroup-parent"' in w]
+    assert bool(replaced) == warned, warnings
+    if warned:
+        assert replaced[0].endswith(
+            "DS01 caps BuildKit builds there; containers created without --cgroup-parent "
+            "(admins', root's) now land there too"
+        )

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from ds01d.daemon import build_parser as ds01d_parser
+from policy.build_cgroup import dockerd_cgroup_parent
 
 REPO = Path(__file__).resolve().parents[2]
 PKG = REPO / "packaging"
@@ -173,7 +174,8 @@ def test_docker_socket_dropin_moves_it_off_the_gateway():
 
 
 def test_daemon_json_fragment():
-    """Valid JSON: the root-only real socket ds01d forwards to, the plugin, cgroupfs."""
+    """Valid JSON: the root-only real socket ds01d forwards to, the plugin, cgroupfs, and
+    the cgroup-parent below which BuildKit runs (ds01d's build cgroup for cgroupfs)."""
     fragment = json.loads((PKG / "daemon.json").read_text())
     args = ds01d_parser().parse_args(exec_start_words(PKG / "ds01d.service")[1:])
     assert fragment == {
@@ -181,7 +183,9 @@ def test_daemon_json_fragment():
         "group": "root",
         "authorization-plugins": ["ds01"],
         "exec-opts": ["native.cgroupdriver=cgroupfs"],
+        "cgroup-parent": dockerd_cgroup_parent("cgroupfs"),
     }
+    assert args.build_cgroup_parent is None  # ds01d's default is that same parent
 
 
 def test_plugin_spec_points_at_the_plugin_socket():
