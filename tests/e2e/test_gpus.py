@@ -129,7 +129,9 @@ def test_env_var_cannot_smuggle_gpus(gpus):
 
 
 def test_quota_refusal_says_what_is_held(gpus):
-    """A second GPU container over the quota is refused, naming the held device and a fix."""
+    """A second GPU container over the quota is refused, naming the held device and a fix;
+    the refusal is recorded as one (issue 14.4), not as the policy's allow before it."""
+    seen = len(gpus.audit_events())
     assert (
         gpus.docker(
             "run", "-d", "--name", "q1", "--gpus", "1", IMAGE, "sleep", "300", user=STUDENT
@@ -140,6 +142,26 @@ def test_quota_refusal_says_what_is_held(gpus):
     assert result.returncode != 0
     assert "GPU quota reached: you hold 1 of 1 MIG instance" in result.stderr
     assert "To fix:" in result.stderr
+    creates = _create_decisions(gpus, STUDENT, seen, until="deny")
+    assert [e["result"] for e in creates] == ["allow", "deny"], creates
+    assert "GPU quota reached" in creates[1]["reason"], creates
+
+
+def _create_decisions(stack, user: str, seen: int, until: str) -> list[dict]:
+    """The audit log's create decisions for ``user`` after the first ``seen`` lines, once one
+    with result ``until`` is there (the log is written in the background)."""
+    deadline = time.monotonic() + 15
+    while True:
+        creates = [
+            e
+            for e in stack.audit_events()[seen:]
+            if e.get("event") == "decision"
+            and e.get("user") == user
+            and e.get("endpoint") == "POST /containers/create"
+        ]
+        if any(e["result"] == until for e in creates) or time.monotonic() > deadline:
+            return creates
+        time.sleep(0.2)
 
 
 def test_device_is_released_on_stop_and_start_reacquires_or_is_refused(gpus):
