@@ -134,6 +134,18 @@ def _gateway_limit_flags(p: argparse.ArgumentParser) -> None:
         default=gl.BODY_BYTES_PER_UID,
         help="bytes of unfinished buffered request bodies per uid (default %(default)s)",
     )
+    g.add_argument(
+        "--gateway-discard-bytes",
+        type=int,
+        default=gl.DISCARD_BYTES,
+        help="bytes of a refused upload read and dropped before closing (default %(default)s)",
+    )
+    g.add_argument(
+        "--gateway-discard-time",
+        type=float,
+        default=gl.DISCARD_S,
+        help="seconds a refused upload is read and dropped before closing (%(default)s)",
+    )
 
 
 def gateway_limits(args: argparse.Namespace) -> gl.GatewayLimits:
@@ -147,6 +159,8 @@ def gateway_limits(args: argparse.Namespace) -> gl.GatewayLimits:
         idle_timeout=args.gateway_idle_timeout,
         body_stall=args.gateway_body_timeout,
         body_bytes_per_uid=args.gateway_body_budget,
+        discard_bytes=args.gateway_discard_bytes,
+        discard_time=args.gateway_discard_time,
     )
 
 

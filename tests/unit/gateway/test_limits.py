@@ -354,6 +354,19 @@ def test_ds01d_flags_set_the_gateway_limits():
     assert gateway_limits(args) == GatewayLimits(8, 9, 100, 300, 2.5, 60.0, 5.0, 1000)
 
 
+def test_ds01d_flags_set_the_discard_bounds():
+    """How much of a refused upload is read and dropped: 64 MiB / 10 s unless the flags say."""
+    from ds01d.daemon import build_parser, gateway_limits
+
+    default = gateway_limits(build_parser().parse_args([]))
+    assert (default.discard_bytes, default.discard_time) == (64 * 2**20, 10.0)
+    args = build_parser().parse_args(
+        ["--gateway-discard-bytes", "4096", "--gateway-discard-time", "1.5"]
+    )
+    limits = gateway_limits(args)
+    assert (limits.discard_bytes, limits.discard_time) == (4096, 1.5)
+
+
 def test_soft_open_file_limit_is_raised_to_the_hard_one():
     """A ds01d started with soft 512 / hard 4096 runs with 4096 and a cap of (4096-256)/2."""
     code = (
