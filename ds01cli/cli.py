@@ -528,6 +528,11 @@ def reload_rejected(policy: dict[str, Any] | None) -> str | None:
     if not policy or not policy.get("rejected"):
         return None
     source, rejected = policy["source"], policy["rejected"]
+    if policy.get("admin") is False:  # the error is the admins' to read and fix
+        return (
+            f"problem: the policy reload was rejected {_ago(rejected['at'])} ago; ds01d still "
+            "enforces the previous policy. To fix: tell an admin of this server"
+        )
     return (
         f"problem: the policy reload was rejected {_ago(rejected['at'])} ago; ds01d still "
         f"enforces the previous policy (sha256 {policy['sha256'][:12]}): {rejected['error']}. "

@@ -336,6 +336,7 @@ class Api:
             "source": store.document.source,
             "sha256": store.sha256,
             "loaded_at": store.loaded_at,
+            "admin": limits.is_admin,
             "rejected": None
             if rejected is None
             else {

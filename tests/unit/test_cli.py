@@ -260,6 +260,10 @@ def test_status_names_a_rejected_reload_with_its_fix():
     assert "ds01d still enforces the previous policy (sha256 abababababab)" in line
     assert "/p.yaml:2 defaults.max_gpu: unknown key" in line
     assert "To fix: correct /p.yaml (ds01 policy validate /p.yaml)" in line
+    student = reload_rejected(
+        {"source": "/p.yaml", "sha256": "ab" * 32, "admin": False, "rejected": {"at": 1.0}}
+    )
+    assert student is not None and student.endswith("To fix: tell an admin of this server")
 
 
 def test_doctor_shows_a_rejected_reload_until_it_is_fixed(tmp_path):
