@@ -152,6 +152,18 @@ admins handle people in no group and root on the raw socket.""",
         ("run_as", "bind_mounts", "allow", "unknown_users", "direct_access", "cgroup_driver"),
     ),
     Topic(
+        "builds",
+        "Builds",
+        """\
+`docker build` works as usual; root inside a build is fine, because a build mounts no host
+folder. With the classic builder (`DOCKER_BUILDKIT=0`) each RUN step runs in your own
+cgroup under your per-container limits. BuildKit steps (`DOCKER_BUILDKIT=1`) all share one
+pool capped by the policy's `builds` key (CPUs, memory, processes for every BuildKit build
+on the server together): a heavy build can be slow when others build at the same time.
+`--network host` and another container's network are refused for both builders.""",
+        ("builds",),
+    ),
+    Topic(
         "projects",
         "Projects, Dev Containers and plain docker",
         """\
@@ -176,6 +188,7 @@ ALIASES = {
     "refused": "refusals",
     "run_as": "refusals",
     "project": "projects",
+    "build": "builds",
 }
 
 
