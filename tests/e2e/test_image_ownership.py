@@ -12,12 +12,12 @@ import io
 import os
 import subprocess
 import tarfile
-import tempfile
 import uuid
 from pathlib import Path
 
 import pytest
 
+from tests.harness.host_ledger import temp_dir
 from tests.stack.ds01 import IMAGE
 
 pytestmark = [pytest.mark.docker, pytest.mark.e2e]
@@ -38,7 +38,7 @@ def refused(result: subprocess.CompletedProcess[str], message: str) -> None:
 @pytest.fixture(scope="module")
 def files():
     """A build context and a tiny rootfs tar every test user can read."""
-    base = Path(tempfile.mkdtemp(prefix="ds01-img-", dir="/tmp"))
+    base = temp_dir("ds01-img-")  # removed when the session ends
     os.chmod(base, 0o755)
     (base / "Dockerfile").write_text(f"FROM {IMAGE}\nRUN echo alice > /who\n")
     data = io.BytesIO()

@@ -35,6 +35,7 @@ from ds01d.host import cgroups
 from ds01d.host.cgroups import LIMIT_CONTROLLERS, CgroupfsManager
 from policy.slices import CGROUPFS_ROOT, cgroup_parent, cgroupfs_dir_name
 from tests.harness.dockerd import PrivateDockerd
+from tests.harness.host_ledger import claim_cgroups
 
 MIB = 2**20
 LIMITS = {"cpus": 0.5, "memory": 64 * MIB, "pids": 20}
@@ -59,6 +60,8 @@ def require_cgroups() -> None:
 @pytest.fixture(scope="module", autouse=True)
 def _private_parent() -> Iterator[None]:
     """Put the managers' ``/ds01`` at TEST_PARENT for this module; remove it afterwards."""
+    if os.geteuid() == 0 and os.path.isdir("/sys/fs/cgroup"):
+        claim_cgroups([TEST_PARENT])  # in the host ledger, should this teardown not run
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cgroups, "PARENT", TEST_PARENT)
         yield
