@@ -152,3 +152,60 @@ def test_promql_parses_and_scrape_config_is_valid(
     ):
         result = subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_scrape_example_reads_the_port_the_unit_serves() -> None:
+    """packaging/prometheus-scrape.yml scrapes the --metrics-address of packaging/ds01d.service."""
+    unit = (PACKAGING / "ds01d.service").read_text()
+    served = re.search(r"--metrics-address\s+(\S+)", unit)
+    assert served, "ds01d.service starts ds01d without --metrics-address"
+    config = yaml.safe_load((PACKAGING / "prometheus-scrape.yml").read_text())
+    (ds01,) = [job for job in config["scrape_configs"] if job["job_name"] == "ds01"]
+    assert ds01["static_configs"][0]["targets"] == [served.group(1)]
+
+
+# What feeds each metric family in production code: every call must appear there (the
+# definitions in ds01d/observe/metrics.py do not count). A new metric needs a row here.
+FEEDERS: dict[str, tuple[str, ...]] = {
+    "ds01_decisions": (r"\.record_decision\(",),
+    "ds01_authz_request_duration_seconds": (r"\.timed_authz\b", r'observe_latency\(\s*"authz"'),
+    "ds01_gateway_request_duration_seconds": (r"\.record_decision\(", r"\bseconds\b"),
+    "ds01_queue_length": (r"\.set_queue_length\(",),
+    "ds01_queue_wait_seconds": (r"on_wait_end\s*=\s*self\.metrics\.observe_queue_wait",),
+    "ds01_lifecycle_actions": (r'"record_lifecycle"|\.record_lifecycle\(',),
+    "ds01_policy_reloads": (r"\.record_policy_reload\(",),
+    "ds01_audit_dropped": (r"on_drop\s*=\s*self\.metrics\.audit_dropped",),
+    "ds01_build_info": (r"\bMetrics\(\)",),
+    "ds01_devices": (r"\.set_devices\(",),
+    "ds01_device_holder_info": (r"\.set_devices\(",),
+    "ds01_gpu_equivalents_held": (r"\.set_gpu_usage\(",),
+    "ds01_containers": (r"\.set_containers\(",),
+    "ds01_policy_info": (r"\.set_policy\(",),
+}
+PRODUCTION = ("ds01d", "ds01cli", "gateway", "authz_plugin", "policy", "allocator", "formats")
+
+
+def _family(name: str) -> str:
+    return re.sub(r"_(bucket|count|sum|total|created)$", "", name)
+
+
+def test_every_metric_named_by_the_readme_or_a_panel_is_recorded_in_production(
+    dashboard: dict[str, Any],
+) -> None:
+    """Each ds01_* name in the README or a panel is exported, and production code feeds it."""
+    root = PACKAGING.parent
+    readme = (root / "README.md").read_text()
+    # ds01_builds.slice is a cgroup: names followed by a dot are not metrics.
+    named = {_family(n) for n in re.findall(r"\bds01_[a-z_]+\b(?![.\w])", readme)}
+    named |= {_family(n) for _, expr in exprs(dashboard) for n in METRIC.findall(expr)}
+    exported = {_family(n) for n in Metrics(CollectorRegistry()).metric_names()}
+    assert named - exported == set(), "named but not exported"
+    assert exported - set(FEEDERS) == set(), "exported with no known feeder: add a FEEDERS row"
+    code = "\n".join(
+        path.read_text()
+        for package in PRODUCTION
+        for path in sorted((root / package).rglob("*.py"))
+        if path != root / "ds01d" / "observe" / "metrics.py"
+    )
+    unfed = {f for f in named if not all(re.search(p, code) for p in FEEDERS[f])}
+    assert unfed == set()
