@@ -452,3 +452,47 @@ def claim_new_cgroups(before: set[Path]) -> None:
     """
     for path in sorted(ds01_cgroups() - before, key=lambda p: len(p.parts)):
         claim("cgroup", path)
+
+
+def adopt_legacy(users: list[str], groups: list[str]) -> list[str]:
+    """Mark and clean up test users and groups that runs before the ledger left (no marker).
+
+    For a host whose earlier test runs predate this ledger: the caller names them. A user is
+    taken only with an empty GECOS (as ``useradd`` without ``-c`` leaves it); its ``ds01``
+    cgroups go with it. Refused while another test session is alive (it may be using them).
+    """
+    start_session()
+    others = live_sessions() - {_session_id()}
+    if others:
+        raise RuntimeError(f"test sessions {sorted(others)} are running; try again later")
+    for point in cgroup_hierarchies():  # a /ds01 that holds only these users' dirs: theirs too
+        parent = point / "ds01"
+        if parent.is_dir() and {p.name for p in parent.iterdir() if p.is_dir()} <= set(users):
+            claim("cgroup", parent)
+    for name in users:
+        try:
+            if pwd.getpwnam(name).pw_gecos != "":
+                continue
+        except KeyError:
+            continue
+        subprocess.run(["usermod", "-c", USER_MARKER, name], check=True)
+        claim("user", name)
+        for point in cgroup_hierarchies():
+            if (point / "ds01" / name).is_dir():
+                claim("cgroup", point / "ds01" / name)
+    for name in groups:
+        if subprocess.run(["getent", "group", name], capture_output=True).returncode == 0:
+            claim("group", name)
+    return end_session()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Clean test users/groups older runs left.")
+    parser.add_argument("--users", nargs="*", default=[])
+    parser.add_argument("--groups", nargs="*", default=[])
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    for failure in adopt_legacy(args.users, args.groups):
+        print(failure)
