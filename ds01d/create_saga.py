@@ -17,6 +17,7 @@ be failed in turn against fakes (tests/unit/test_create_saga.py).
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
 import logging
@@ -69,6 +70,7 @@ class Step(enum.Enum):
 
 NO_GPUS = deny("no_gpus", "this server has no GPUs to give", "run without --gpus", 409)
 FAILED = deny("create_failed", "the create could not be prepared", "try again; nothing was kept")
+CLIENT_GONE = deny("client_gone", "the client left before its create was made")
 
 
 class CreateSaga:
@@ -86,7 +88,7 @@ class CreateSaga:
         gpus: Broker | None,
         cgroups: Cgroups | None,
         clock: Callable[[], float],
-        record: Callable[[Decision], None],
+        record: Callable[[Decision], None],  # the service recorded nothing for this create
         event: Callable[..., None],
     ) -> None:
         self.identity, self.limits, self.decision, self.state = identity, limits, decision, state
@@ -117,12 +119,11 @@ class CreateSaga:
             raw = dumps_canonical(body)
         except BaseException as exc:
             self._rollback()  # never lose (or leak) an allocation
-            if isinstance(exc, Exception) and self.decision.gpu_request is not None:
-                self.step = Step.REFUSED  # the caller answers the error; record it here
-                self.record(replace(FAILED, detail=f"{type(exc).__name__}: {exc}"))
+            self.step = Step.REFUSED  # the caller answers (or the client is gone): record it
+            cause = CLIENT_GONE if isinstance(exc, asyncio.CancelledError) else FAILED
+            self.record(replace(cause, detail=f"{type(exc).__name__}: {exc}"))
             raise
-        if self.decision.gpu_request is not None:  # recorded once the devices are settled
-            self.record(self.decision)
+        self.record(self.decision)  # the create's one record, now that all is settled
         self.step = Step.FORWARDED
         return raw
 

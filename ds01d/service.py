@@ -44,6 +44,7 @@ log = logging.getLogger("ds01.service")
 # Where the start guard applies: bind sources re-checked, recorded GPUs re-acquired.
 START_ENDPOINT = "/containers/{id}/start"
 START_ENDPOINTS = frozenset({START_ENDPOINT, "/containers/{id}/restart"})
+CREATE = "/containers/create"
 
 
 class Recorder(Protocol):
@@ -209,8 +210,8 @@ class Service:
         """Look up the facts the request's rule declares, decide once, record. Never raises.
 
         A TLS user's decision is narrowed to what the plugin can carry out, and an allowed
-        start passes the start guard, before the one record is made. A create that needs
-        GPUs is recorded by its saga, once the reservation is settled.
+        start passes the start guard, before the one record is made. An allowed create at the
+        gateway is recorded by its saga, once its volumes and GPUs are settled.
         """
         started = time.perf_counter()
         parsed = request if isinstance(request, ParsedRequest) else parse_request(request)
@@ -236,7 +237,7 @@ class Service:
             )
         seconds = time.perf_counter() - started
         deferred = decision.allowed and (
-            decision.decide_on_answer or (decision.gpu_request is not None and door == "gateway")
+            decision.decide_on_answer or (door == "gateway" and parsed.endpoint == CREATE)
         )
         if not deferred:
             self.record(door, parsed, identity, decision, seconds, state)

@@ -127,7 +127,7 @@ async def test_a_create_binds_its_reservation_on_201_and_records_once():
 
 @pytest.mark.parametrize("fail", ["cgroup", "volume", "reserve_cancelled", "body"])
 async def test_a_step_that_raises_leaves_nothing_held(fail, monkeypatch):
-    saga, broker, _, _, _ = _saga(fail)
+    saga, broker, _, recorded, _ = _saga(fail)
     if fail == "body":
 
         def broken(*args: Any) -> None:
@@ -137,6 +137,9 @@ async def test_a_step_that_raises_leaves_nothing_held(fail, monkeypatch):
     with pytest.raises((OSError, DockerError, asyncio.CancelledError, ValueError)):
         await saga.prepare()
     assert not broker.reserved and not broker.bound
+    [record] = recorded  # the create is recorded once, as refused, with its cause
+    assert record.code == ("client_gone" if fail == "reserve_cancelled" else "create_failed")
+    assert not record.allowed and record.detail
     saga.on_close(False)
     assert not broker.reserved
 
@@ -177,6 +180,15 @@ async def test_a_failed_bind_rolls_back_at_close():
         saga.on_response(201, b'{"Id": "c1"}')
     saga.on_close(True)
     assert not broker.reserved and not broker.bound
+
+
+async def test_a_create_without_gpus_is_recorded_once_when_forwarded():
+    saga, broker, _, recorded, _ = _saga(gpus=False)
+    assert isinstance(await saga.prepare(), bytes)
+    saga.on_response(201, b'{"Id": "c1"}')
+    saga.on_close(True)
+    assert saga.step is Step.CREATED and not broker.reserved and not broker.bound
+    assert [d.allowed for d in recorded] == [True]
 
 
 async def test_without_a_broker_a_gpu_create_is_refused():
