@@ -20,6 +20,7 @@ import pytest
 
 from ds01d.host.cgroups import CgroupfsManager
 from tests.e2e.conftest import POLICY
+from tests.harness.host_ledger import claim_cgroups, temp_dir
 from tests.stack.ds01 import IMAGE, Ds01Stack
 from tests.stack.rawhttp import as_user, request
 
@@ -37,7 +38,7 @@ RUN echo "cgroup: $(cat /proc/self/cgroup | tail -n 1)"; \\
 @pytest.fixture(scope="module")
 def context():
     """A build context every test user can read."""
-    base = Path(tempfile.mkdtemp(prefix="ds01-build-", dir="/tmp"))
+    base = temp_dir("ds01-build-")  # removed when the session ends
     os.chmod(base, 0o755)
     (base / "Dockerfile").write_text(DOCKERFILE)
     os.chmod(base / "Dockerfile", 0o644)
@@ -121,7 +122,7 @@ def test_build_cgroup_parent_is_refused(clean, context):
 @pytest.fixture(scope="module")
 def big_context():
     """A build context far larger than the socket buffers: refused while still uploading."""
-    base = Path(tempfile.mkdtemp(prefix="ds01-bigctx-", dir="/tmp"))
+    base = temp_dir("ds01-bigctx-")
     os.chmod(base, 0o755)
     (base / "Dockerfile").write_text(DOCKERFILE)
     (base / "blob").write_bytes(os.urandom(32 * 2**20))
@@ -188,7 +189,7 @@ RUN i=0; while [ $i -lt 100 ]; do sleep 60 & i=$((i+1)); done; echo "started all
 
 
 def _context(name: str, dockerfile: str) -> Path:
-    base = Path(tempfile.mkdtemp(prefix=f"ds01-{name}-", dir="/tmp"))
+    base = temp_dir(f"ds01-{name}-")
     os.chmod(base, 0o755)
     (base / "Dockerfile").write_text(dockerfile)
     os.chmod(base / "Dockerfile", 0o644)
@@ -215,6 +216,7 @@ def build_stack(users):
     if CgroupfsManager().version != 1:
         pytest.skip("the step reads cgroup v1's hierarchical_memory_limit")
     parent = f"ds01-builds-e2e-{secrets.token_hex(3)}"
+    claim_cgroups([parent])  # in the host ledger, should the teardown below not run
     base = Path(tempfile.mkdtemp(prefix="ds01b-", dir="/tmp"))
     stack = Ds01Stack(base, BUILD_POLICY, extra_args=("--build-cgroup-parent", f"/{parent}"))
     stack.dockerd.cgroup_parent = f"/{parent}"
