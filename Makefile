@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RUFF := $(VENV)/bin/ruff
 
-.PHONY: venv test lint fmt demo bench
+.PHONY: venv test lint fmt demo bench gpu-check
 
 # Idempotent and quick when nothing changed: installs missing host packages (root) and .venv.
 venv:
@@ -25,3 +25,8 @@ demo: venv
 
 bench: venv
 	$(PY) -m scripts.bench
+
+# On a host with an NVIDIA driver: DS01's NVML backend and allocator against the real devices
+# (read-only, no container); elsewhere it prints why it skipped and succeeds. docs/gpu-check.md
+gpu-check: venv
+	$(PY) -m scripts.gpu_check
