@@ -14,7 +14,6 @@ import math
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -24,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.harness.host_ledger import temp_dir
 from tests.harness.users import ensure_user
 from tests.stack.ds01 import IMAGE, REPO, Ds01Stack
 
@@ -138,7 +138,7 @@ def observed() -> Iterator[tuple[Ds01Stack, Prometheus]]:
         pytest.fail("prometheus missing: scripts/setup-host.sh installs Debian's prometheus")
     for name in (HOLDER, OTHER, WAITER, RUNNER):
         ensure_user(name)
-    base = Path(tempfile.mkdtemp(prefix="ds01p-", dir="/tmp"))
+    base = temp_dir("ds01prom-")  # removed when the test session ends
     metrics_address = f"127.0.0.1:{free_port()}"
     stack = Ds01Stack(
         base,
