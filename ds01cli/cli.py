@@ -113,7 +113,7 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
             "user": limits.user,
             "group": limits.group,
             "known": limits.known,
-            "values": limits.values,
+            "values": limits.as_dict(),
             "sources": limits.sources,
             "refused": _refusal(limits),
             "policy": doc.source,
@@ -592,17 +592,20 @@ def cmd_policy_diff(args: argparse.Namespace) -> int:
     rows = []
     for user in sorted(users):
         identity = identity_for_name(user)
-        a, b = resolve(old, identity), resolve(new, identity)
-        group = a.group if a.group == b.group else f"{a.group} -> {b.group}"
+        before, after = resolve(old, identity), resolve(new, identity)
+        group = before.group
+        if before.group != after.group:
+            group = f"{before.group} -> {after.group}"
+        a, b = before.as_dict(), after.as_dict()
         for key in BUILTIN_DEFAULTS:
-            if a.values[key] != b.values[key]:
+            if a[key] != b[key]:
                 rows.append(
                     [
                         user,
                         group,
                         key,
-                        show_value(key, a.values[key]),
-                        show_value(key, b.values[key]),
+                        show_value(key, a[key]),
+                        show_value(key, b[key]),
                     ]
                 )
     print(

@@ -124,7 +124,7 @@ class Api:
         usage = broker.ledger.usage(identity.user) if broker else None
         return {
             **self.whoami(identity, limits),
-            "limits": limits.values,
+            "limits": limits.as_dict(),
             "sources": limits.sources,
             "usage": {
                 "containers": len(containers),
@@ -321,7 +321,7 @@ class Api:
             "group": theirs.group,
             "known": theirs.known,
             "admin": theirs.is_admin,
-            "values": theirs.values,
+            "values": theirs.as_dict(),
             "sources": theirs.sources,
             "refused": refused,
             "policy": store.document.source,

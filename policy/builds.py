@@ -228,7 +228,7 @@ def _cpus(route: Route, limits: Limits, query: dict[str, list[str]], changes: li
             f"docker build --cpu-period {period} is outside 1000..1000000 microseconds",
             "drop --cpu-period",
         )
-    caps = [c for c in (limits.max_cpus, limits.agg("cpus")) if c is not None]
+    caps = [c for c in (limits.max_cpus, limits.aggregate.cpus) if c is not None]
     cap = min(caps) if caps else None
     period = period or CPU_PERIOD_US
     if cap is None:

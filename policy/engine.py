@@ -140,14 +140,14 @@ def _decide(parsed: ParsedRequest, identity: Identity, limits: Limits, state: St
     assert route is not None
     _check_framing(request, route)
     if identity.is_direct:
-        if limits.values.get("direct_access", "allow") == "deny":
+        if limits.direct_access == "deny":
             return deny(
                 "direct_access",
                 "direct access to dockerd is disabled by the DS01 policy",
                 "use the DS01 gateway socket (/var/run/docker.sock)",
             )
         return allow(audited=True)
-    if not limits.known and limits.values.get("unknown_users", "allow") == "deny":
+    if not limits.known and limits.unknown_users == "deny":
         return deny(
             "unknown_user",
             f"{identity.user} is not in the DS01 policy",

@@ -24,12 +24,6 @@ DEVCONTAINER_PREFIX = "devcontainer."
 COMPOSE_PROJECT = "com.docker.compose.project"
 KINDS = ("devcontainer", "compose", "docker")
 EXEMPTIBLE = ("idle", "max_runtime", "removal")
-LIFECYCLE_KEYS = (
-    "idle_timeout",
-    "max_runtime",
-    "gpu_hold_after_stop",
-    "container_hold_after_stop",
-)
 
 # Warning levels, in percent of the limit; the last one is the final notice before the stop.
 IDLE_WARNINGS = (80, 95)
@@ -267,7 +261,12 @@ def effective(limits: Limits, settings: Settings, kind: str) -> dict[str, float 
     entry applies only where it is less generous than the user's own value (``None`` is
     unlimited). A label can make a container's limits stricter, never looser.
     """
-    values = {key: limits.values.get(key) for key in LIFECYCLE_KEYS}
+    values: dict[str, float | None] = {
+        "idle_timeout": limits.idle_timeout,
+        "max_runtime": limits.max_runtime,
+        "gpu_hold_after_stop": limits.gpu_hold_after_stop,
+        "container_hold_after_stop": limits.container_hold_after_stop,
+    }
     for key, value in (settings.container_types.get(kind) or {}).items():
         values[key] = _least(values.get(key), value)
     return values
@@ -404,12 +403,12 @@ def _active(
     cpu = sample.cpu_seconds - previous.cpu_seconds
     if cpu < 0:  # the counter went backwards: a new cgroup, so we cannot tell
         return True
-    if 100.0 * cpu / elapsed >= limits.values["idle_cpu_percent"]:
+    if 100.0 * cpu / elapsed >= limits.idle_cpu_percent:
         return True
     if sample.net_bytes is not None and previous.net_bytes is not None:
         # The threshold is bytes per sample interval; scale so a late sample is not "busy".
         moved = (sample.net_bytes - previous.net_bytes) * settings.sample_interval / elapsed
-        if moved < 0 or moved >= limits.values["idle_network_bytes"]:
+        if moved < 0 or moved >= limits.idle_network_bytes:
             return True
     return has_gpu and sample.gpu_busy is not False
 

@@ -5,8 +5,9 @@ Every value remembers where it came from, so ``ds01 policy explain`` can say why
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 from formats.units import parse_duration, parse_size
 
@@ -46,35 +47,6 @@ _LISTS = {"bind_mounts", "allow"}
 # Thresholds: a *higher* idle threshold is stricter, so generous = lower.
 _LOWER_IS_GENEROUS = {"idle_cpu_percent", "idle_gpu_percent", "idle_network_bytes"}
 
-BUILTIN_DEFAULTS: dict[str, Any] = {
-    "admin": False,
-    "priority": 0,
-    "max_gpus": 0,
-    "max_mig_instances": 0,
-    "max_gpu_equivalents": None,
-    "max_gpus_per_container": None,
-    "allow_full_gpu": False,
-    "allowed_mig_profiles": None,
-    "max_containers": None,
-    "gpu_wait": 0,
-    "preempt_idle": False,
-    "max_cpus": None,
-    "memory": None,
-    "shm_size": None,
-    "pids_limit": None,
-    "aggregate": {"cpus": None, "memory": None, "pids": None},
-    "idle_timeout": None,
-    "max_runtime": None,
-    "gpu_hold_after_stop": 0,
-    "container_hold_after_stop": None,
-    "idle_cpu_percent": 2.0,
-    "idle_gpu_percent": 5.0,
-    "idle_network_bytes": 1_000_000,
-    "run_as": "user",
-    "bind_mounts": ["{home}"],
-    "allow": [],
-}
-
 
 # The one cap shared by every BuildKit build (policy key ``builds``): dockerd 20.10 runs all
 # BuildKit RUN steps under its own cgroup parent, so they cannot be put under a user's aggregate
@@ -95,34 +67,101 @@ def build_cap(doc: PolicyDocument) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class Aggregate:
+    """Limits for all of a user's containers together (policy key ``aggregate``).
+
+    The kernel enforces them on the user's parent cgroup; None = unlimited.
+    """
+
+    cpus: float | None = None
+    memory: int | None = None  # bytes
+    pids: int | None = None
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        """The block as the policy writes it (memory in bytes), for cgroup writers and JSON."""
+        return {"cpus": self.cpus, "memory": self.memory, "pids": self.pids}
+
+
+RunAs = Literal["user", "root"]
+Access = Literal["allow", "deny"]
+
+
+@dataclass(frozen=True)
 class Limits:
-    """Effective limits for one user; sizes in bytes, durations in seconds, None = unlimited."""
+    """Effective limits for one user; sizes in bytes, durations in seconds, None = unlimited.
+
+    One field per policy key; the defaults are the built-in values (:data:`BUILTIN_DEFAULTS`).
+    """
 
     user: str
     group: str  # the primary DS01 group (for cgroup slice names and metrics)
-    values: dict[str, Any]
-    sources: dict[str, str] = field(default_factory=dict)
+    admin: bool = False
+    priority: int = 0
+    max_gpus: int | None = 0
+    max_mig_instances: int | None = 0
+    max_gpu_equivalents: float | None = None
+    max_gpus_per_container: int | None = None
+    allow_full_gpu: bool = False
+    allowed_mig_profiles: tuple[str, ...] | None = None  # None = any profile
+    max_containers: int | None = None
+    gpu_wait: float | None = 0.0
+    preempt_idle: bool = False
+    max_cpus: float | None = None
+    memory: int | None = None
+    shm_size: int | None = None
+    pids_limit: int | None = None
+    aggregate: Aggregate = Aggregate()
+    idle_timeout: float | None = None
+    max_runtime: float | None = None
+    gpu_hold_after_stop: float | None = 0.0
+    container_hold_after_stop: float | None = None
+    idle_cpu_percent: float = 2.0
+    idle_gpu_percent: float = 5.0
+    idle_network_bytes: int = 1_000_000
+    run_as: RunAs = "user"
+    bind_mounts: tuple[str, ...] = ("{home}",)
+    allow: tuple[str, ...] = ()
+    # Policy-wide settings every decision reads (the same for every user).
+    unknown_users: Access = "allow"
+    direct_access: Access = "allow"
     known: bool = True  # False: the user is in no group and has no entry
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.values[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    # Where each per-user key's value came from (``ds01 policy explain`` shows it).
+    sources: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def is_admin(self) -> bool:
-        return bool(self.values["admin"])
+        return self.admin
 
     def who(self) -> str:
         """How messages name whose limit applies: ``group students`` or ``user alice``."""
         return f"group {self.group}" if self.group != "default" else f"user {self.user}"
 
     def allows(self, feature: str) -> bool:
-        return self.is_admin or feature in self.values["allow"]
+        return self.is_admin or feature in self.allow
 
-    def agg(self, key: str) -> Any:
-        return self.values["aggregate"].get(key)
+    def as_dict(self) -> dict[str, Any]:
+        """Every policy key and its value as plain data (lists, the aggregate as a dict)."""
+        return {key: _plain(getattr(self, key)) for key in POLICY_KEYS}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Aggregate):
+        return value.as_dict()
+    return list(value) if isinstance(value, tuple) else value
+
+
+_NOT_POLICY_KEYS = frozenset({"user", "group", "known", "sources"})
+# Every policy key Limits resolves, in the order ``ds01 policy explain`` lists them.
+POLICY_KEYS: tuple[str, ...] = tuple(
+    f.name for f in fields(Limits) if f.name not in _NOT_POLICY_KEYS
+)
+_POLICY_WIDE = ("unknown_users", "direct_access")
+# The built-in value of each per-user key (normalised: bytes, seconds), as plain data.
+BUILTIN_DEFAULTS: dict[str, Any] = {
+    key: value
+    for key, value in Limits(user="", group="default").as_dict().items()
+    if key not in _POLICY_WIDE
+}
 
 
 def _normalise(key: str, value: Any) -> Any:
@@ -167,8 +206,8 @@ def groups_of(doc: PolicyDocument, identity: Identity) -> list[str]:
 
 def resolve(doc: PolicyDocument, identity: Identity) -> Limits:
     """The effective limits of ``identity`` under the policy ``doc``."""
-    values = {k: _normalise(k, v) for k, v in BUILTIN_DEFAULTS.items()}
-    sources = dict.fromkeys(values, "built-in")
+    values = Limits(user=identity.user, group="default").as_dict()  # fresh lists and dicts
+    sources = dict.fromkeys(BUILTIN_DEFAULTS, "built-in")
     for key, value in (doc.data.get("defaults") or {}).items():
         values[key], sources[key] = (
             _merge_aggregate(key, values[key], _normalise(key, value)),
@@ -199,10 +238,19 @@ def resolve(doc: PolicyDocument, identity: Identity) -> Limits:
     return Limits(
         user=identity.user,
         group=groups[0] if groups else "default",
-        values=values,
-        sources=sources,
         known=bool(groups) or user_entry is not None,
+        sources=sources,
+        **_typed(values),
     )
+
+
+def _typed(values: dict[str, Any]) -> dict[str, Any]:
+    """The merged plain values as Limits' field types (the schema has checked their shapes)."""
+    out = {key: values[key] for key in POLICY_KEYS}
+    out["aggregate"] = Aggregate(**values["aggregate"])
+    for key in ("allowed_mig_profiles", "bind_mounts", "allow"):
+        out[key] = None if values[key] is None else tuple(values[key])
+    return out
 
 
 def _merge_aggregate(key: str, base: Any, override: Any) -> Any:

@@ -96,7 +96,7 @@ def apply_resources(
     _cap_int(host, "ShmSize", limits.shm_size, "--shm-size", group, changes, format_size)
     _cap_int(host, "PidsLimit", limits.pids_limit, "--pids-limit", group, changes, str)
     # One container can never use more than the user's whole aggregate (v1 refuses it).
-    caps = [c for c in (limits.max_cpus, limits.agg("cpus")) if c is not None]
+    caps = [c for c in (limits.max_cpus, limits.aggregate.cpus) if c is not None]
     _cap_cpus(host, min(caps) if caps else None, group, changes, host_cpus)
 
 

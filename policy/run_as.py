@@ -25,7 +25,7 @@ _RUN_AS_FIX = (
 
 def runs_as_user(identity: Identity, limits: Limits) -> bool:
     """True when this caller's containers must run as their own uid."""
-    return not limits.is_admin and limits.values.get("run_as", "user") != "root"
+    return not limits.is_admin and limits.run_as != "root"
 
 
 def as_user(identity: Identity) -> str:

@@ -24,7 +24,7 @@ from allocator.ledger import Ledger, Reservation
 from allocator.request import GpuRequest
 from ds01d.host.nvml import DeviceUsage, nvml_inventory, nvml_usage
 from policy.lifecycle import gpu_busy
-from policy.limits import BUILTIN_DEFAULTS, Limits
+from policy.limits import Limits
 
 SKIP = "gpu-check skipped: {why}. It needs an NVIDIA driver and the nvidia-ml-py package."
 
@@ -114,7 +114,7 @@ def show_idleness(
     out: TextIO,
 ) -> None:
     """Sample like the lifecycle does, and say whether each device would count as busy."""
-    threshold = float(BUILTIN_DEFAULTS["idle_gpu_percent"])
+    threshold = Limits(user="", group="default").idle_gpu_percent
     print(
         f"\n== Idleness ({samples} samples, {interval:g}s apart, busy at >= {threshold:g}%)",
         file=out,
@@ -139,7 +139,7 @@ def show_placement(inventory: Inventory, out: TextIO) -> None:
     now = time.time()
     taken: list[Reservation] = []
     for user, group, values, request in REQUESTS:
-        limits = Limits(user=user, group=group, values={**BUILTIN_DEFAULTS, **values})
+        limits = Limits(user=user, group=group, **values)
         result = ledger.reserve(user, None, group, limits, request, now)
         if isinstance(result, Reservation):
             taken.append(result)

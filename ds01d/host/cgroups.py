@@ -755,7 +755,7 @@ class UserCgroups:
     async def ensure(self, identity: Identity, limits: Limits) -> list[str]:
         """Before a create: the user's parent cgroup exists and holds their aggregate limits."""
         return await asyncio.to_thread(
-            self.ensure_sync, identity.user, limits.group, dict(limits.values["aggregate"])
+            self.ensure_sync, identity.user, limits.group, limits.aggregate.as_dict()
         )
 
     def refresh(self, limits_for: Callable[[str], Limits]) -> list[str]:
@@ -772,7 +772,7 @@ class UserCgroups:
                 warnings.append(f"{user}: no limits ({exc})")
                 continue
             # A slice keeps its name (its containers run in it); the group only names new ones.
-            warnings += self.ensure_sync(user, group or limits.group, limits.values["aggregate"])
+            warnings += self.ensure_sync(user, group or limits.group, limits.aggregate.as_dict())
         return warnings
 
     def report(self, users: list[str], limits_for: Callable[[str], Limits]) -> list[dict[str, Any]]:
@@ -798,7 +798,7 @@ class UserCgroups:
                     "parent": slice_unit_name(user, group)
                     if group
                     else cgroup_parent("cgroupfs", user, ""),
-                    "aggregate": limits.values["aggregate"],
+                    "aggregate": limits.aggregate.as_dict(),
                     "kernel": kernel,
                     "usage": usage,
                 }

@@ -351,7 +351,7 @@ class Lifecycle:
         keepalive = max((t for t in (marker, called) if t is not None), default=None)
         busy = None
         if info.has_gpu:
-            threshold = self.limits_for(info.user, info.uid).values["idle_gpu_percent"]
+            threshold = self.limits_for(info.user, info.uid).idle_gpu_percent
             busy = gpu_busy(
                 (
                     (u.processes, u.gpu_util) if (u := usage.get(uuid)) else (None, None)

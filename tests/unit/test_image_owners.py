@@ -13,8 +13,8 @@ from policy.routes import parse_route
 
 ALICE = Identity(uid=1001, user="alice")
 BOB = Identity(uid=1002, user="bob")
-STUDENT = Limits(user="x", group="students", values={"admin": False, "allow": []})
-ADMIN = Limits(user="x", group="admins", values={"admin": True, "allow": []})
+STUDENT = Limits(user="x", group="students", admin=False)
+ADMIN = Limits(user="x", group="admins", admin=True)
 ID = "sha256:" + "a" * 64
 
 

@@ -200,11 +200,11 @@ def test_each_user_keeps_their_original_limits(
     assert mine.container_hold_after_stop == in_hours(theirs.get("container_hold_after_stop_h"))
     agg = theirs["_aggregate"]
     if agg is None:
-        assert mine.values["aggregate"] == {"cpus": None, "memory": None, "pids": None}
+        assert mine.aggregate.as_dict() == {"cpus": None, "memory": None, "pids": None}
     else:
-        assert mine.agg("cpus") == float(agg["cpu_quota"].rstrip("%")) / 100
-        assert mine.agg("memory") == parse_size(agg["memory_max"].lower())
-        assert mine.agg("pids") == agg["tasks_max"]
+        assert mine.aggregate.cpus == float(agg["cpu_quota"].rstrip("%")) / 100
+        assert mine.aggregate.memory == parse_size(agg["memory_max"].lower())
+        assert mine.aggregate.pids == agg["tasks_max"]
     assert mine.max_gpus is None and mine.max_mig_instances is None
     assert not mine.is_admin or user == "labadmin"
 

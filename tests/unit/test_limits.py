@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from allocator.quota import Quota, QuotaLimits
 from policy.identity import Identity
-from policy.limits import BUILTIN_DEFAULTS, Limits, groups_of, resolve
+from policy.limits import BUILTIN_DEFAULTS, POLICY_KEYS, Aggregate, Limits, groups_of, resolve
 from policy.loader import PolicyDocument, default_policy_text, parse_policy
 
 GI = 2**30
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def doc_of(text: str) -> PolicyDocument:
@@ -66,7 +70,7 @@ def test_empty_policy_gives_built_in_defaults() -> None:
     expected["gpu_wait"] = 0.0
     expected["gpu_hold_after_stop"] = 0.0
     expected |= {"unknown_users": "allow", "direct_access": "allow"}
-    assert limits.values == expected
+    assert limits.as_dict() == expected
     assert set(limits.sources.values()) == {"built-in"}
     assert limits.group == "default"
     assert limits.known is False
@@ -116,8 +120,8 @@ def test_unix_group_names_are_not_user_names() -> None:
 def test_members_and_unix_groups_are_not_limits() -> None:
     """The membership keys of a group never appear among the resolved values."""
     limits = resolve(LAB, alice("lab"))
-    assert "members" not in limits.values
-    assert "unix_groups" not in limits.values
+    assert "members" not in limits.as_dict()
+    assert "unix_groups" not in limits.as_dict()
 
 
 def test_groups_of_lists_groups_in_policy_order() -> None:
@@ -194,7 +198,7 @@ def test_several_groups_most_generous_wins(
     key: str, first: Any, second: Any, expected: Any
 ) -> None:
     """For a user in two groups each key takes the more generous of the two values."""
-    assert resolve(two_groups(key, first, second), alice("lab")).values[key] == expected
+    assert resolve(two_groups(key, first, second), alice("lab")).as_dict()[key] == expected
 
 
 @pytest.mark.parametrize(("key", "first", "second", "expected"), GENEROUS)
@@ -202,7 +206,7 @@ def test_several_groups_order_does_not_matter(
     key: str, first: Any, second: Any, expected: Any
 ) -> None:
     """Swapping which group holds which value gives the same limit (lists: same members)."""
-    value = resolve(two_groups(key, second, first), alice("lab")).values[key]
+    value = resolve(two_groups(key, second, first), alice("lab")).as_dict()[key]
     assert as_set_if_list(value) == as_set_if_list(expected)
 
 
@@ -313,15 +317,15 @@ groups:
 """
     )
     limits = resolve(doc, alice())
-    assert limits.aggregate == {"cpus": 32, "memory": 64 * GI, "pids": 1000}
-    assert limits.agg("cpus") == 32
-    assert limits.agg("memory") == 64 * GI
+    assert limits.aggregate.as_dict() == {"cpus": 32, "memory": 64 * GI, "pids": 1000}
+    assert limits.aggregate.cpus == 32
+    assert limits.aggregate.memory == 64 * GI
 
 
 def test_partial_aggregate_in_defaults_keeps_built_ins() -> None:
     """Defaults that set only ``aggregate.memory`` leave cpus and pids at the built-in (None)."""
     limits = resolve(doc_of("defaults:\n  aggregate:\n    memory: 8g\n"), alice())
-    assert limits.aggregate == {"cpus": None, "memory": 8 * GI, "pids": None}
+    assert limits.aggregate.as_dict() == {"cpus": None, "memory": 8 * GI, "pids": None}
 
 
 def test_partial_aggregates_in_two_groups_merge_most_generous() -> None:
@@ -339,7 +343,11 @@ groups:
     aggregate: {memory: 128g, cpus: 8, pids: null}
 """
     )
-    assert resolve(doc, alice("lab")).aggregate == {"cpus": 32, "memory": 128 * GI, "pids": None}
+    assert resolve(doc, alice("lab")).aggregate.as_dict() == {
+        "cpus": 32,
+        "memory": 128 * GI,
+        "pids": None,
+    }
 
 
 def test_partial_aggregate_in_a_user_entry_overrides_only_its_keys() -> None:
@@ -358,7 +366,7 @@ users:
 """
     )
     limits = resolve(doc, alice())
-    assert limits.aggregate == {"cpus": 32, "memory": 64 * GI, "pids": 5}
+    assert limits.aggregate.as_dict() == {"cpus": 32, "memory": 64 * GI, "pids": 5}
     assert limits.sources["aggregate"] == "users.alice"
 
 
@@ -407,22 +415,38 @@ users:
         ("unknown_users: deny\ndirect_access: deny\n", "deny", "deny"),
     ],
 )
-def test_policy_wide_settings_are_in_values(text: str, unknown: str, direct: str) -> None:
-    """``unknown_users`` and ``direct_access`` are copied into values, defaulting to allow."""
+def test_policy_wide_settings_are_in_limits(text: str, unknown: str, direct: str) -> None:
+    """``unknown_users`` and ``direct_access`` are copied into the limits, defaulting to allow."""
     limits = resolve(doc_of(text), alice())
-    assert limits.values["unknown_users"] == unknown
-    assert limits.values["direct_access"] == direct
+    assert limits.unknown_users == unknown
+    assert limits.direct_access == direct
 
 
 # ---- the Limits value ----------------------------------------------------------------------
 
 
-def test_limits_attribute_access_and_unknown_key() -> None:
-    """Values read as attributes; an unknown name is an AttributeError, not a KeyError."""
+def test_limits_fields_are_typed_values() -> None:
+    """Each key is a typed field: sizes in bytes, durations as seconds, lists as tuples."""
     limits = resolve(LAB, alice())
-    assert limits.max_cpus == limits.values["max_cpus"]
+    assert (limits.max_cpus, limits.memory, limits.idle_timeout) == (4, 16 * GI, 48 * 3600.0)
+    assert isinstance(limits.aggregate, Aggregate)
+    assert limits.bind_mounts == ("{home}",)
+    assert limits.as_dict()["bind_mounts"] == ["{home}"]
     with pytest.raises(AttributeError):
-        _ = limits.no_such_limit
+        _ = limits.no_such_limit  # type: ignore[attr-defined]  # the point of the test
+
+
+def test_every_schema_limit_is_a_field() -> None:
+    """The policy schema's per-user keys and Limits' fields are the same set, so none is lost."""
+    schema = json.loads((ROOT / "config" / "policy.schema.json").read_text())
+    assert set(schema["$defs"]["limits"]["properties"]) == set(BUILTIN_DEFAULTS)
+    assert set(POLICY_KEYS) == set(BUILTIN_DEFAULTS) | {"unknown_users", "direct_access"}
+
+
+def test_limits_satisfy_the_allocators_protocol() -> None:
+    """The allocator reads Limits through its QuotaLimits Protocol (mypy checks the types)."""
+    quota: QuotaLimits = resolve(LAB, alice())
+    assert Quota.from_limits(quota).max_mig == 1
 
 
 @pytest.mark.parametrize(
@@ -436,7 +460,7 @@ def test_limits_attribute_access_and_unknown_key() -> None:
 )
 def test_allows_features(admin: bool, allow: list[str], feature: str, expected: bool) -> None:
     """``allows`` is true for admins and for features listed in ``allow``."""
-    limits = Limits(user="u", group="g", values={"admin": admin, "allow": allow})
+    limits = Limits(user="u", group="g", admin=admin, allow=tuple(allow))
     assert limits.is_admin is admin
     assert limits.allows(feature) is expected
 
@@ -449,5 +473,5 @@ def test_default_policy_makes_root_and_ds01_admin_admins() -> None:
     student = resolve(doc, Identity(uid=1600, user="sam"))
     assert not student.is_admin
     assert student.memory == 32 * GI
-    assert student.aggregate == {"cpus": 16, "memory": 64 * GI, "pids": 16384}
+    assert student.aggregate.as_dict() == {"cpus": 16, "memory": 64 * GI, "pids": 16384}
     assert student.gpu_hold_after_stop == 15 * 60

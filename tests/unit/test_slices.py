@@ -161,7 +161,7 @@ def test_slice_units_for_a_policy() -> None:
     """The unit files for a user of a group with its own aggregate limits (golden text)."""
     limits = limits_of("anne-marie")
     assert limits.group == "phd-students"
-    units = slice_units("anne-marie", limits.group, limits.values["aggregate"])
+    units = slice_units("anne-marie", limits.group, limits.aggregate.as_dict())
     assert units == {
         "ds01.slice": (
             "# Written by ds01d; changes here are overwritten.\n"
@@ -193,7 +193,7 @@ def test_slice_units_for_a_policy() -> None:
 def test_unlimited_slice() -> None:
     """Unlimited: MemoryMax/TasksMax=infinity, no CPUQuota (systemd has no infinity for it)."""
     limits = limits_of("rita")
-    assert slice_unit_text("rita", limits.group, limits.values["aggregate"]).endswith(
+    assert slice_unit_text("rita", limits.group, limits.aggregate.as_dict()).endswith(
         "[Slice]\n"
         "CPUAccounting=yes\n"
         "MemoryAccounting=yes\n"
@@ -568,7 +568,7 @@ def test_refresh_keeps_slice_names(tmp_path: Path) -> None:
 
 def test_report_rows(tmp_path: Path) -> None:
     manager = fake_v1(tmp_path)
-    manager.ensure_user("anne-marie", limits_of("anne-marie").values["aggregate"])
+    manager.ensure_user("anne-marie", limits_of("anne-marie").aggregate.as_dict())
     rows = UserCgroups(manager).report([], limits_of)
     assert [(r["user"], r["parent"]) for r in rows] == [("anne-marie", "/ds01/anne-marie")]
     assert rows[0]["kernel"]["memory.limit_in_bytes"] == str(8 * GIB)

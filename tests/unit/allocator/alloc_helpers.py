@@ -8,7 +8,7 @@ from typing import Any
 from allocator.inventory import Inventory, load_inventory_file
 from allocator.reconcile import ContainerSummary
 from formats.labels import allocation_labels
-from policy.limits import BUILTIN_DEFAULTS, Limits
+from policy.limits import Limits
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = ROOT / "config" / "inventory.example.yaml"
@@ -32,8 +32,7 @@ def example_inventory() -> Inventory:
 
 def limits(user: str = "alice", group: str = "students", **values: Any) -> Limits:
     """Limits with the built-in defaults, overridden by ``values``."""
-    merged = {**BUILTIN_DEFAULTS, **values}
-    return Limits(user=user, group=group, values=merged)
+    return Limits(user=user, group=group, **values)
 
 
 def student(user: str = "alice", **values: Any) -> Limits:
