@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from ds01d.ports import DockerApi
 from ds01d.unix_http import socket_path
 
 __all__ = ["API", "DockerClient", "DockerError", "socket_path", "stop_container"]
@@ -24,7 +25,7 @@ class DockerError(RuntimeError):
         self.message = message
 
 
-async def stop_container(docker: DockerClient, container_id: str, grace: float) -> None:
+async def stop_container(docker: DockerApi, container_id: str, grace: float) -> None:
     """Stop a container the one way ds01d does: SIGTERM, then SIGKILL after ``grace`` seconds.
 
     ``grace`` is the policy's ``stop_grace`` (``policy.lifecycle.Settings``), for the lifecycle
@@ -35,6 +36,8 @@ async def stop_container(docker: DockerClient, container_id: str, grace: float) 
 
 
 class DockerClient:
+    """dockerd's API over its Unix socket (satisfies ``ds01d.ports.DockerApi``)."""
+
     def __init__(self, docker_host: str) -> None:
         self.path = socket_path(docker_host)
         self.headers: dict[str, str] = {}  # sent with every call (ds01d's internal token)
@@ -85,6 +88,10 @@ class DockerClient:
 
     async def inspect_container(self, ref: str) -> dict[str, Any] | None:
         return await self._get_or_none(f"/containers/{quote(ref, safe='')}/json")
+
+    async def inspect_image(self, ref: str) -> dict[str, Any] | None:
+        # A reference's slashes and tag colon stay as they are: dockerd routes /images/{name}.
+        return await self._get_or_none(f"/images/{quote(ref, safe='/:@')}/json")
 
     async def inspect_volume(self, name: str) -> dict[str, Any] | None:
         return await self._get_or_none(f"/volumes/{quote(name, safe='')}")

@@ -10,6 +10,7 @@ from ds01d.gpus import GpuBroker
 from policy.decision import Decision
 from policy.identity import Identity
 from tests.unit.allocator.alloc_helpers import GPU2, GPU3, NOW, example_inventory, limits
+from tests.unit.fake_docker import FakeDockerApi
 
 RESEARCHER = {"allow_full_gpu": True, "max_gpus": 2, "max_mig_instances": 0}
 
@@ -181,31 +182,30 @@ async def test_a_create_left_in_flight_by_a_dead_ds01d_is_not_accounted_for():
     assert not b.accounts_for("c-orphan", taken)  # the same device, another user's create
 
 
-class FakeDocker:
-    """dockerd as the event watcher sees it: containers by id, and what was asked."""
+class FakeDocker(FakeDockerApi):
+    """dockerd as the event watcher sees it (the contract-tested fake), counting what was asked."""
 
     def __init__(self, containers: dict[str, dict]) -> None:
+        super().__init__()
         self.containers = containers
         self.inspects: list[str] = []
         self.lists = 0
 
-    async def inspect_container(self, cid: str) -> dict | None:
-        self.inspects.append(cid)
-        return self.containers.get(cid)
+    async def inspect_container(self, ref: str) -> dict | None:
+        self.inspects.append(ref)
+        return await super().inspect_container(ref)
 
-    async def list_containers(self) -> list[dict]:
+    async def list_containers(self, filters: dict[str, list[str]] | None = None) -> list[dict]:
         self.lists += 1
-        return [
-            {"Id": cid, "Labels": c["Config"]["Labels"], "State": c["State"]["Status"]}
-            for cid, c in self.containers.items()
-        ]
+        return await super().list_containers(filters)
 
 
 def docker_container(cid: str, labels: dict[str, str], device_ids: list[str] | None) -> dict:
     requests = None if device_ids is None else [{"Driver": "nvidia", "DeviceIDs": device_ids}]
     return {
         "Id": cid,
-        "Config": {"Labels": labels},
+        "Name": f"/{cid}",
+        "Config": {"Image": "busybox", "Labels": labels},
         "State": {"Status": "created", "FinishedAt": "0001-01-01T00:00:00Z"},
         "HostConfig": {"DeviceRequests": requests},
     }
