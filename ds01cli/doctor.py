@@ -528,11 +528,14 @@ def build_parser() -> argparse.ArgumentParser:
 def host_from_args(args: argparse.Namespace) -> Host:
     unit = unit_flags(args.unit)
 
-    def pick(flag: str, default: str | None) -> str | None:
-        given = getattr(args, flag.lstrip("-").replace("-", "_"))
-        return given or unit.get(flag) or default
+    def given(flag: str) -> str | None:
+        """The flag's value on the command line, else in ds01d's unit file."""
+        return getattr(args, flag.lstrip("-").replace("-", "_")) or unit.get(flag)
 
-    real = pick("--docker-host", None)
+    def pick(flag: str, default: str) -> str:
+        return given(flag) or default
+
+    real = given("--docker-host")
     return Host(
         daemon_json=args.daemon_json,
         real_socket=real.removeprefix("unix://") if real else None,
@@ -540,7 +543,7 @@ def host_from_args(args: argparse.Namespace) -> Host:
         plugin_socket=pick("--plugin-socket", Host.plugin_socket),
         policy=pick("--policy", Host.policy),
         plugin_name=args.plugin_name,
-        cgroup_driver=pick("--cgroup-driver", None),
+        cgroup_driver=given("--cgroup-driver"),
         inventory=pick("--inventory", Host.inventory),
         mountinfo=args.mountinfo,
         proc_sys=args.proc_sys,

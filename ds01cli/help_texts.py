@@ -215,7 +215,7 @@ class _InfoAction(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, help="the full reference, with examples")
         self.key = key
 
-    def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[override]
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
         print(info(self.key, parser))
         parser.exit(0)
 

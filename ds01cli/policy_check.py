@@ -128,7 +128,7 @@ def inventory_profiles(path: str) -> set[str]:
     return {d.profile for d in inventory.devices if d.is_mig}
 
 
-def _problems(findings: list[Finding], root: yaml.Node, source: str) -> list[Problem]:
+def _problems(findings: list[Finding], root: yaml.Node | None, source: str) -> list[Problem]:
     return [
         Problem(source, _line_of(root, list(f.path)), f.key, f"{f.problem}. To fix: {f.fix}")
         for f in findings

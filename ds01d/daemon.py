@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
@@ -34,6 +34,7 @@ from ds01d.observe.audit import AuditLog
 from ds01d.observe.metrics import Metrics, serve_metrics
 from ds01d.observe.recorder import Recorder
 from ds01d.policy_store import PolicyStore
+from ds01d.ports import CgroupBackend, DockerApi
 from ds01d.service import Service
 from gateway import limits as gl
 from policy.build_cgroup import dockerd_cgroup_parent
@@ -42,6 +43,9 @@ from policy.identity import Identity
 from policy.lifecycle import effective, kind_of, settings_from_policy
 from policy.limits import Limits, build_cap
 from policy.loader import PolicyError
+
+if TYPE_CHECKING:  # imported where the gateway starts: only when it is enabled
+    from gateway.server import Gateway
 
 log = logging.getLogger("ds01d")
 _T = TypeVar("_T")
@@ -197,7 +201,7 @@ class Daemon:
         )
         self.policy = PolicyStore(args.policy, on_reload=self._policy_reloaded)
         self.metrics.set_policy(self.policy.document.source, self.policy.sha256)
-        self.docker = DockerClient(args.docker_host)
+        self.docker: DockerApi = DockerClient(args.docker_host)
         self.inventory = load_inventory(args.inventory)
         for problem in self.inventory.problems:
             log.warning("GPU inventory: %s", problem)
@@ -214,7 +218,7 @@ class Daemon:
         self.broker.on_wait_end = self.metrics.observe_queue_wait
         self.broker.hold_after_stop = self._gpu_hold_after_stop
         self.broker.ledger.audiences = gpu_audiences(self.policy.document)  # who may use what
-        self.cgroups = None if args.no_cgroups else self._cgroups(args)
+        self.cgroups: CgroupBackend | None = None if args.no_cgroups else self._cgroups(args)
         if self.cgroups is not None:  # BuildKit's shared cgroup holds the policy's builds cap
             self.cgroups.ensure_builds(build_cap(self.policy.document))
         self.service = Service(
@@ -241,7 +245,7 @@ class Daemon:
         )
         self.runners: list[web.AppRunner] = []
         self.tasks: list[asyncio.Task[None]] = []
-        self.gateway = None
+        self.gateway: Gateway | None = None
 
     def _cgroups(self, args: argparse.Namespace) -> UserCgroups:
         driver = args.cgroup_driver or self.policy.cgroup_driver
@@ -263,9 +267,11 @@ class Daemon:
             self.metrics.set_policy(self.policy.document.source, detail)
             if getattr(self, "broker", None) is not None:  # placement follows the new groups
                 self.broker.ledger.audiences = gpu_audiences(self.policy.document)
-            if getattr(self, "cgroups", None) is not None:  # new limits, containers keep running
-                self.cgroups.refresh(lambda user: self._limits_for(user, None))
-                self.cgroups.ensure_builds(build_cap(self.policy.document))
+            # Not yet set while __init__ loads the policy the first time.
+            cgroups: CgroupBackend | None = getattr(self, "cgroups", None)
+            if cgroups is not None:  # new limits, containers keep running
+                cgroups.refresh(lambda user: self._limits_for(user, None))
+                cgroups.ensure_builds(build_cap(self.policy.document))
 
     def _limits_for(self, user: str, uid: int | None) -> Limits:
         """The limits of a user known by name (and uid, from container labels)."""
@@ -314,17 +320,18 @@ class Daemon:
             from gateway.server import Gateway
 
             handler = GatewayHandler(self.service, lifecycle=self.lifecycle)
-            self.gateway = Gateway(
+            gateway = Gateway(
                 handler, socket_path(self.args.docker_host), limits=gateway_limits(self.args)
             )
-            await self.gateway.start(self.args.gateway_socket, mode=int(self.args.gateway_mode, 8))
-            limits = self.gateway.limits
+            self.gateway = gateway
+            await gateway.start(self.args.gateway_socket, mode=int(self.args.gateway_mode, 8))
+            limits = gateway.limits
             log.info(
                 "gateway listening on %s -> %s; at most %d connections in all, %d per user "
                 "(root %d); head %gs, idle %gs, body pause %gs",
                 self.args.gateway_socket,
                 self.args.docker_host,
-                self.gateway.admission.total,
+                gateway.admission.total,
                 limits.per_uid,
                 limits.root,
                 limits.head_timeout,

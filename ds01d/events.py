@@ -17,8 +17,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ds01d.docker_client import DockerClient
 from ds01d.gpus import GpuBroker, container_summaries, inspect_summary
+from ds01d.ports import DockerApi
 
 log = logging.getLogger("ds01.events")
 
@@ -32,7 +32,7 @@ Listener = Callable[[dict[str, Any]], Awaitable[None] | None]
 
 class EventWatcher:
     def __init__(
-        self, docker: DockerClient, broker: GpuBroker | None, clock: Callable[[], float]
+        self, docker: DockerApi, broker: GpuBroker | None, clock: Callable[[], float]
     ) -> None:
         self.docker = docker
         self.broker = broker

@@ -269,7 +269,8 @@ class Connection(ClientStream):
                 try:
                     data = await self._recv_by(deadline)
                 except Stalled:
-                    return await self._head_timed_out(fed)
+                    await self._head_timed_out(fed)
+                    return None
                 if not fed and data and self.served:
                     deadline = loop.time() + self.limits.head_timeout
                 parser.receive_data(data)

@@ -25,8 +25,8 @@ async def read_whole(
     if framing == LENGTH:
         if length > limit:
             return None
-        body, clean = await _read_exact(up, rest, length)
-        return body, body, clean
+        whole, clean = await _read_exact(up, rest, length)
+        return whole, whole, clean
     raw, body = bytearray(), bytearray()
     scanner = ChunkScanner() if framing == CHUNKED else None
     data = rest

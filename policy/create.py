@@ -396,9 +396,9 @@ def _host_binds(host: dict[str, Any], state: State) -> list[str]:
                 sources += container_bind_sources(facts.details)
                 break
         else:
-            facts = state.related.get(f"container:{ref}")
-            if facts is not None:
-                sources += container_bind_sources(facts.details)
+            pinned = state.related.get(f"container:{ref}")
+            if pinned is not None:
+                sources += container_bind_sources(pinned.details)
     return sources
 
 

@@ -60,7 +60,11 @@ class _StrictLoader(yaml.SafeLoader):
     """Dates stay the strings the admin wrote (the schema validates them as ISO dates)."""
 
 
-_StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", _StrictLoader.construct_yaml_str)
+def _timestamp_as_text(loader: _StrictLoader, node: yaml.Node) -> str:
+    return loader.construct_yaml_str(node)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_as_text)
 
 
 def _duplicate_keys(node: yaml.Node | None, path: list[Any]) -> list[tuple[list[Any], int]]:
@@ -276,16 +280,21 @@ def _reason(error: jsonschema.ValidationError) -> str:
             t
             for e in error.parent.context or []
             if e.validator == "type"
-            for t in (
-                [e.validator_value] if isinstance(e.validator_value, str) else e.validator_value
-            )
+            for t in _type_names(e.validator_value)
             if t != "null"
         ]
         if wanted:
             return f"{error.instance!r} is not of type {' or '.join(repr(t) for t in wanted)}"
     if error.validator == "minimum":
-        return f"{error.instance!r} is below the minimum {error.schema['minimum']}"
+        return f"{error.instance!r} is below the minimum {error.validator_value}"
     return error.message
+
+
+def _type_names(value: object) -> list[str]:
+    """A schema's ``type``: one name or a list of them."""
+    if isinstance(value, str):
+        return [value]
+    return [str(t) for t in value] if isinstance(value, list) else []
 
 
 def _dotted(path: list[Any]) -> str:

@@ -25,6 +25,7 @@ from ds01d.docker_client import DockerError, stop_container
 from ds01d.host.nvml import nvml_usage
 from ds01d.identities import identity_for_uid
 from ds01d.notify import Notifier, open_container_tmp
+from ds01d.ports import DockerApi
 from formats.labels import LABEL_USER
 from policy.identity import Identity
 from policy.lifecycle import (
@@ -167,7 +168,7 @@ class Lifecycle:
 
     def __init__(
         self,
-        docker: Any,
+        docker: DockerApi,
         policy_store: Any,
         broker: Any = None,
         *,

@@ -13,7 +13,7 @@ from allocator.ledger import Ledger, State
 from authz_plugin.authz import Authorizer, AuthzAnswer, AuthzRequest
 from ds01d.host.dcgm_mapping import JobMappingDir
 from ds01d.observe.audit import AuditLog
-from ds01d.observe.metrics import Metrics
+from ds01d.observe.metrics import DeviceRow, Metrics
 from policy.decision import Decision
 from policy.engine import route_of
 from policy.identity import Identity
@@ -113,7 +113,9 @@ class Recorder:
     def gpu_state(self, ledger: Ledger, queue_length: int) -> None:
         """Mirror the ledger into metrics and dcgm-exporter's job-mapping directory."""
         snapshot = ledger.snapshot()
-        rows, usage, mapping = [], {}, {}
+        rows: list[DeviceRow] = []
+        usage: dict[tuple[str, str], float] = {}
+        mapping: dict[tuple[int, int | None], str] = {}
         for status in snapshot.devices:
             device, alloc = status.device, status.allocation
             state = (
@@ -121,7 +123,7 @@ class Recorder:
                 if device is None
                 else (_METRIC_STATE.get(alloc.state) if alloc else "free")
             )
-            row: dict[str, Any] = {
+            row: DeviceRow = {
                 "device": status.uuid,
                 "kind": device.kind if device else "gpu",
                 "state": state or "free",
