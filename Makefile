@@ -12,10 +12,11 @@ venv:
 test: venv
 	$(RUFF) check .
 	$(RUFF) format --check .
+	$(PY) -m mypy
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 lint: venv
-	$(RUFF) check . && $(RUFF) format --check .
+	$(RUFF) check . && $(RUFF) format --check . && $(PY) -m mypy
 
 fmt: venv
 	$(RUFF) format . && $(RUFF) check --fix .

@@ -20,6 +20,7 @@ from allocator.queue import Ticket, WaitQueue, wait_seconds
 from allocator.reconcile import Conflict, ContainerSummary
 from allocator.refusal import Refusal
 from allocator.request import NVIDIA_DRIVERS, SELECTOR_CAPABILITIES, GpuRequest
+from ds01d.ports import DockerApi
 from formats.labels import (
     LABEL_DEVICES,
     LABEL_GROUP,
@@ -107,8 +108,8 @@ class GpuBroker:
         except UnitError as exc:
             return deny("bad_wait", f"label {LABEL_WAIT}: {exc}", "use a duration like 10m")
         if wait is not None and wait <= 0:
-            ahead = len(self.queue)
-            note = f"{ahead} request{'s' if ahead != 1 else ''} already waiting" if ahead else ""
+            queued = len(self.queue)
+            note = f"{queued} request{'s' if queued != 1 else ''} already waiting" if queued else ""
             if limits.gpu_wait is None or limits.gpu_wait > 0:
                 note += (
                     "; " if note else ""
@@ -230,7 +231,11 @@ class GpuBroker:
             self._waiters.pop(ticket.id, None)
         if len(self.queue):
             result = self.queue.next_eligible(self.ledger, now)
-            for ticket, outcome in (*result.granted, *result.refused):
+            outcomes: list[tuple[Ticket, Reservation | Refusal]] = [
+                *result.granted,
+                *result.refused,
+            ]
+            for ticket, outcome in outcomes:
                 future = self._waiters.get(ticket.id)
                 if future is not None and not future.done():
                     future.set_result(outcome)
@@ -415,7 +420,7 @@ def _conflict_key(conflict: Conflict) -> tuple[str, tuple[str, ...], str | None]
     return (conflict.kind, conflict.containers, conflict.device)
 
 
-async def container_summaries(docker: Any) -> list[ContainerSummary]:
+async def container_summaries(docker: DockerApi) -> list[ContainerSummary]:
     """What the ledger is rebuilt from: every container's labels and state, plus, where it
     matters, when it stopped and which GPUs dockerd really gives it.
 
@@ -441,7 +446,7 @@ async def container_summaries(docker: Any) -> list[ContainerSummary]:
     return out
 
 
-async def inspect_summary(docker: Any, container_id: str) -> ContainerSummary | None:
+async def inspect_summary(docker: DockerApi, container_id: str) -> ContainerSummary | None:
     """One container as the ledger needs it, from ``docker inspect``; None when it is gone."""
     info = await docker.inspect_container(container_id)
     if info is None:

@@ -12,13 +12,13 @@ import os
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
-from urllib.parse import quote
 
 from authz_plugin.authz import AuthzAnswer, AuthzRequest
-from ds01d.docker_client import DockerClient, DockerError
+from ds01d.docker_client import DockerError
 from ds01d.identities import identity_for_tls_user
 from ds01d.image_owners import ImageOwners
 from ds01d.policy_store import PolicyStore
+from ds01d.ports import CgroupBackend, DockerApi
 from ds01d.tickets import TOKEN_HEADER, Tickets
 from formats.labels import LABEL_USER
 from policy import images as image_rules
@@ -122,7 +122,7 @@ class Verdict:
 class _Lookups:
     """dockerd's view of the objects one request names: each looked up at most once."""
 
-    def __init__(self, docker: DockerClient) -> None:
+    def __init__(self, docker: DockerApi) -> None:
         self.docker = docker
         self._seen: dict[tuple[str, str], Any] = {}
 
@@ -138,9 +138,8 @@ class _Lookups:
         return result
 
     async def image(self, ref: str) -> dict[str, Any] | None:
-        path = f"/images/{quote(ref, safe='/:@')}/json"
         result: dict[str, Any] | None = await self._once(
-            ("image", ref), lambda: self.docker._get_or_none(path)
+            ("image", ref), lambda: self.docker.inspect_image(ref)
         )
         return result
 
@@ -173,11 +172,11 @@ class Service:
     def __init__(
         self,
         policy: PolicyStore,
-        docker: DockerClient,
+        docker: DockerApi,
         *,
         gpus: Any = None,
         recorder: Recorder | None = None,
-        cgroups: Any = None,
+        cgroups: CgroupBackend | None = None,
         cgroup_driver: str = "cgroupfs",
         protected_paths: tuple[str, ...] = (),
         realpath: Any = None,

@@ -188,7 +188,7 @@ class LabelledDocker:
     async def list_containers(self, filters: Any = None) -> list[Any]:
         return []
 
-    async def _get_or_none(self, path: str) -> None:  # any other lookup: nothing there
+    async def inspect_image(self, ref: str) -> None:  # no image: the rule decides on the name
         return None
 
 
