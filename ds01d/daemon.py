@@ -26,7 +26,7 @@ from ds01d.gpus import GpuBroker
 from ds01d.host.cgroups import CgroupfsManager, SystemdSliceManager, UserCgroups
 from ds01d.host.dcgm_mapping import JobMappingDir
 from ds01d.host.nvml import load_inventory
-from ds01d.identities import identity_for_uid
+from ds01d.identities import identity_for_uid, is_unix_user
 from ds01d.image_owners import FILE_NAME as IMAGE_OWNERS_FILE
 from ds01d.image_owners import ImageOwners
 from ds01d.lifecycle.loop import Lifecycle
@@ -231,6 +231,7 @@ class Daemon:
             protected_paths=self._protected_paths(),
             realpath=os.path.realpath,
             exists=os.path.exists,
+            is_user=is_unix_user,
         )
         self.service.image_owners = ImageOwners(state_dir / IMAGE_OWNERS_FILE)
         self.events = EventWatcher(self.docker, self.broker, time.time)

@@ -55,6 +55,15 @@ def identity_for_tls_user(name: str) -> Identity | None:
     return identity_for_uid(entry.pw_uid, Channel.TLS)
 
 
+def is_unix_user(name: str) -> bool:
+    """Whether ``name`` is a user of this host (NSS): such a name owns ``name/...`` images."""
+    try:
+        pwd.getpwnam(name)
+    except (KeyError, ValueError):  # ValueError: a name with a NUL byte
+        return False
+    return True
+
+
 class IdentityCache:
     """``identity_for_uid`` remembered for a few seconds: NSS lookups (and group lists) cost
     more than the rest of a decision. Keyed by uid only, never by pid, which is reused."""

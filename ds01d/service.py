@@ -181,6 +181,7 @@ class Service:
         protected_paths: tuple[str, ...] = (),
         realpath: Any = None,
         exists: Any = None,
+        is_user: Any = None,
         clock: Any = time.time,
     ) -> None:
         self.policy = policy
@@ -198,6 +199,7 @@ class Service:
             "protected_paths": protected_paths or State().protected_paths,
             **({"realpath": realpath} if realpath else {}),
             **({"exists": exists} if exists else {}),
+            **({"is_user": is_user} if is_user else {}),
         }
         docker.headers[TOKEN_HEADER] = self.tickets.internal
 

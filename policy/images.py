@@ -288,12 +288,37 @@ def _bad_reference(ref: str) -> Decision:
     )
 
 
+def namespace_of(name: str) -> str:
+    """The first path component of a normalised repository name (``docker.io/alice/m`` ->
+    ``alice``); empty for a one-component path."""
+    path = name.split("/", 1)[1] if "/" in name else ""
+    first, slash, _ = path.partition("/")
+    return first if slash else ""
+
+
+def _namespace_refusal(name: str, user: str, state: State) -> Decision | None:
+    """``<user>/...`` belongs to that Unix user alone: another user may not write it first
+    (a squatted ``alice/model`` would be what alice's ``docker run alice/model`` runs)."""
+    namespace = namespace_of(name)
+    if not namespace or namespace == user or not state.is_user(namespace):
+        return None
+    shown = familiar(name)
+    return deny(
+        "image_namespace",
+        f"the image name {shown} is in {namespace}'s namespace: only {namespace} may write it",
+        f"use a name of your own, e.g. {user}/{shown.rsplit('/', 1)[-1]}",
+    )
+
+
 def _tag_write_refusal(tag: str, user: str, owners: Owners, state: State) -> Decision | None:
     owner = owners.tags.get(tag)
     if owner == user:
         return None
     shown = familiar(tag)
     fix = f"use a name of your own, e.g. {suggest(tag, user)}"
+    squatted = _namespace_refusal(tag.rsplit(":", 1)[0], user, state)
+    if squatted is not None:
+        return squatted
     if owner is not None:
         return deny("image_tag_taken", f"the image name {shown} belongs to another user", fix)
     if tag_key(tag) in state.related:
@@ -418,6 +443,9 @@ def _pull(route: Route, identity: Identity, state: State) -> Decision | None:
     if _DIGEST.match(tag) or (ref.digest and not tag):
         return None  # by digest: no tag is written
     owners, user = owners_of(state), identity.user
+    squatted = _namespace_refusal(ref.name, user, state)
+    if squatted is not None:
+        return squatted
     if not tag and not ref.tag:  # docker pull --all-tags: every tag of the repository
         if owners.repo_owners(ref.name) - {user}:
             return deny(

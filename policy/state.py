@@ -43,6 +43,10 @@ def _no_symlinks(path: str) -> str:
     return posixpath.normpath(path)
 
 
+def _no_users(name: str) -> bool:
+    return False
+
+
 def _exists_unknown(path: str) -> bool:
     return True
 
@@ -62,6 +66,8 @@ class State:
     realpath: Callable[[str], str] = _no_symlinks
     # Whether a host path exists (os.path.exists), for bind sources dockerd would create.
     exists: Callable[[str], bool] = _exists_unknown
+    # Whether a name is a Unix user of this host (NSS), for the ``<user>/...`` image namespace.
+    is_user: Callable[[str], bool] = _no_users
     # Sockets no user may mount: dockerd's, the gateway's, the plugin's.
     protected_paths: tuple[str, ...] = (
         "/var/run/docker.sock",

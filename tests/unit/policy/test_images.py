@@ -277,3 +277,64 @@ def test_answer_ids_and_removed():
     assert images.answer_ids(stream) == [B]
     gone = json.dumps([{"Untagged": "alice/model:latest"}, {"Deleted": A}]).encode()
     assert images.removed(gone) == (["docker.io/alice/model:latest"], [A])
+
+
+# ---- the <user>/... namespace --------------------------------------------------------------
+
+USERS = {"alice", "bob"}
+
+
+def _namespaced(message_for: str, user: str) -> str:
+    return (
+        f"ds01: the image name {message_for} is in alice's namespace: only alice may write it. "
+        f"To fix: use a name of your own, e.g. {user}/{message_for.rsplit('/', 1)[-1]}"
+    )
+
+
+NAMESPACE_ROWS = [
+    # (row id, user, method, target, exact message or None when allowed)
+    (
+        "tag_into_alices_namespace",
+        BOB,
+        "POST",
+        "/images/busybox/tag?repo=alice/new&tag=1",
+        _namespaced("alice/new", "bob"),
+    ),
+    (
+        "build_into_alices_namespace",
+        BOB,
+        "POST",
+        "/build?t=alice/next:v2",
+        _namespaced("alice/next", "bob"),
+    ),
+    (
+        "pull_into_alices_namespace",
+        BOB,
+        "POST",
+        "/images/create?fromImage=alice/hub-model&tag=latest",
+        _namespaced("alice/hub-model", "bob"),
+    ),
+    (
+        "registry_prefixed",
+        BOB,
+        "POST",
+        "/images/busybox/tag?repo=localhost:5000/alice/x&tag=1",
+        _namespaced("localhost:5000/alice/x", "bob"),
+    ),
+    ("own_namespace", ALICE, "POST", "/images/busybox/tag?repo=alice/new&tag=1", None),
+    ("not_a_user", BOB, "POST", "/images/busybox/tag?repo=carol/new&tag=1", None),
+    ("official_image_pull", BOB, "POST", "/images/create?fromImage=ubuntu&tag=22.04", None),
+]
+
+
+@pytest.mark.parametrize("row", NAMESPACE_ROWS, ids=[r[0] for r in NAMESPACE_ROWS])
+def test_user_namespace_belongs_to_that_user(row, limits_of):
+    """Nobody but alice writes alice/...: a squatted name would be what alice's run runs."""
+    _, user, method, target, message = row
+    state = image_state()
+    state = State(target=state.target, related=state.related, is_user=USERS.__contains__)
+    decision = decide(Request(method, f"/v1.41{target}"), user, limits_of(user), state)
+    if message is None:
+        assert decision.allowed, decision.message
+    else:
+        assert decision.message == message
