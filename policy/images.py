@@ -316,11 +316,11 @@ def _tag_write_refusal(tag: str, user: str, owners: Owners, state: State) -> Dec
         return None
     shown = familiar(tag)
     fix = f"use a name of your own, e.g. {suggest(tag, user)}"
+    if owner is not None:
+        return deny("image_tag_taken", f"the image name {shown} belongs to another user", fix)
     squatted = _namespace_refusal(tag.rsplit(":", 1)[0], user, state)
     if squatted is not None:
         return squatted
-    if owner is not None:
-        return deny("image_tag_taken", f"the image name {shown} belongs to another user", fix)
     if tag_key(tag) in state.related:
         return deny(
             "image_tag_shared",

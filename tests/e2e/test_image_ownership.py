@@ -116,9 +116,15 @@ def test_bob_sees_his_own_and_shared_images_and_removes_his_own(clean):
     assert mine not in ok(docker("images", "--format", "{{.Repository}}:{{.Tag}}", user=ALICE))
     refused(docker("rmi", IMAGE, user=BOB), "is shared (or also tagged by others)")
     ok(docker("rmi", mine, user=BOB))
-    # the name is free again once its owner removed it
-    ok(docker("tag", IMAGE, mine, user=ALICE))
-    ok(docker("rmi", mine, user=ALICE))
+    # bob's namespace stays his, even while nothing is in it
+    refused(docker("tag", IMAGE, mine, user=ALICE), f"is in {BOB}'s namespace")
+    # a name outside every user's namespace is free again once its owner removed it
+    loose = f"lab-tool-{uuid.uuid4().hex[:6]}:1"
+    ok(docker("tag", IMAGE, loose, user=BOB))
+    refused(docker("tag", IMAGE, loose, user=ALICE), "belongs to another user")
+    ok(docker("rmi", loose, user=BOB))
+    ok(docker("tag", IMAGE, loose, user=ALICE))
+    ok(docker("rmi", loose, user=ALICE))
 
 
 def test_load_is_for_admins(clean, files):
