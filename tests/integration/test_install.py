@@ -12,13 +12,13 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.harness.dockerd import PrivateDockerd, remove_plugin_spec, write_plugin_spec
+from tests.harness.host_ledger import temp_dir
 
 pytestmark = pytest.mark.docker
 REPO = Path(__file__).resolve().parents[2]
@@ -377,7 +377,7 @@ def test_merged_daemon_json_runs_a_real_dockerd_behind_ds01d(tmp_path):
     root = fake_host(tmp_path, ADMIN_DAEMON_JSON)
     run("install.sh", root, "--no-pip")
     config = json.loads((root / "etc/docker/daemon.json").read_text())
-    base = Path(tempfile.mkdtemp(prefix="ds01i-", dir="/tmp"))
+    base = temp_dir("ds01i-")  # in the host ledger, should the cleanup below not run
     plugin = f"ds01i{os.getpid()}"
     real = base / "run/ds01/dockerd.sock"
     real.parent.mkdir(parents=True)  # as the docker drop-in's ExecStartPre does

@@ -14,7 +14,6 @@ import re
 import shutil
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -26,6 +25,7 @@ import pytest
 from gateway.server import Gateway
 from gateway.types import Client, Forward, Reply, RequestHead
 from tests.harness.dockerd import PrivateDockerd, docker
+from tests.harness.host_ledger import temp_dir
 from tests.harness.images import import_busybox_image
 
 pytestmark = [
@@ -99,7 +99,7 @@ class GatewayThread:
 
 @pytest.fixture(scope="module")
 def dockerd() -> Iterator[PrivateDockerd]:
-    base = tempfile.mkdtemp(prefix="ds01gw", dir="/tmp")
+    base = temp_dir("ds01gw")
     daemon = PrivateDockerd(base)
     try:
         daemon.start()

@@ -11,13 +11,13 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.harness.dockerd import docker
+from tests.harness.host_ledger import temp_dir
 from tests.harness.users import ensure_user
 from tests.stack.ds01 import IMAGE, Ds01Stack
 
@@ -82,7 +82,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def tls_stack() -> Iterator[tuple[Ds01Stack, str, Path]]:
     ensure_user(TLS_USER)
-    base = Path(tempfile.mkdtemp(prefix="ds01tls-", dir="/tmp"))
+    base = temp_dir("ds01tls-")
     certs = base / "certs"
     certs.mkdir()
     make_certificates(certs, (TLS_USER, "no-such-user-ds01"))
