@@ -222,13 +222,18 @@ class Connection(ClientStream):
             body = await self._read_body(parser, limit, head_only)
             if body is None:
                 return False
+        body_done = not has_body or body is not None
+        if body_done:
+            # A decision can take long (a create waiting in the GPU queue): a client that hangs
+            # up meanwhile aborts it, so nothing is waited for, or created, for nobody.
+            self.watch_soon()
         try:
             action = await self.gw.handler.decide(self.client, head, body)
         except Exception:  # fail closed
             self.log.exception("gateway: decide failed for %s %s", head.method, head.target)
             await self.fail(500, "ds01: internal error in the gateway; request not forwarded")
             return False
-        body_done = not has_body or body is not None
+        await self.unwatch()
         if isinstance(action, Reply):
             # An unread streamed body leaves the connection's framing unknown: close it, but
             # only once the client has finished sending that body (see _lingering_close).
