@@ -192,14 +192,16 @@ def _frees_enough(
     return got == wanted if every else len(got) >= missing
 
 
-def wait_seconds(label: str | None, policy_wait: float | None) -> float | None:
-    """How long a create may wait: the policy's ``gpu_wait``, shortened by a ``ds01.wait`` label.
+def wait_seconds(label: str | None, policy_wait: float | None) -> float:
+    """How long a create may wait: what its ``ds01.wait`` label asks, capped by ``gpu_wait``.
 
-    None = without limit. A label cannot wait longer than the policy allows. Raises
+    Waiting is opt-in: without the label (or with a blank one, as DS01 writes it) a create
+    waits 0 s, so one that finds no free device is answered at once; the Docker API gives a
+    waiting create no way to show progress. ``policy_wait`` None = no cap. Raises
     ``formats.units.UnitError`` for a label that is not a duration (the gateway denies it).
     """
-    if label is None:
-        return policy_wait
+    if label is None or not label.strip():
+        return 0.0
     text = label.strip()
     try:
         asked = float(text)  # plain seconds, e.g. ds01.wait=0 to fail fast
@@ -208,3 +210,8 @@ def wait_seconds(label: str | None, policy_wait: float | None) -> float | None:
     if asked < 0 or asked != asked:
         raise UnitError(f"{label!r} is not a duration like 15m")
     return asked if policy_wait is None else min(asked, policy_wait)
+
+
+def place_for(queue: WaitQueue, priority: int) -> int:
+    """The 1-based place a new request of ``priority`` would take (after its equals)."""
+    return 1 + sum(1 for t in queue.tickets() if t.priority >= priority)

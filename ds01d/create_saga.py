@@ -45,7 +45,13 @@ class Docker(Protocol):
 
 class Broker(Protocol):
     async def reserve(
-        self, identity: Identity, limits: Limits, request: Any, body: dict[str, Any], now: float
+        self,
+        identity: Identity,
+        limits: Limits,
+        request: Any,
+        body: dict[str, Any],
+        now: float,
+        tell: Callable[[str], None] | None = None,
     ) -> Any: ...
 
     def bind(self, reservation: Any, container_id: str) -> None: ...
@@ -90,11 +96,13 @@ class CreateSaga:
         clock: Callable[[], float],
         record: Callable[[Decision], None],  # the service recorded nothing for this create
         event: Callable[..., None],
+        tell: Callable[[str], None] | None = None,
     ) -> None:
         self.identity, self.limits, self.decision, self.state = identity, limits, decision, state
         self.docker, self.gpus, self.cgroups, self.clock = docker, gpus, cgroups, clock
         self.record = record  # the one decision path: metrics and audit, GPU refusals too
         self.event = event  # the audit log's other events
+        self.tell = tell  # a line for the client's terminal while the create waits for a GPU
         self.step = Step.NEW
         self.reservation: Any = None
         self.devices: list[str] = []
@@ -163,8 +171,15 @@ class CreateSaga:
             return None
         if self.gpus is None:
             return NO_GPUS
+        # A client that hangs up while this waits cancels it (the gateway watches the client):
+        # the broker takes the request out of the queue and nothing is reserved for it.
         outcome = await self.gpus.reserve(
-            self.identity, self.limits, self.decision.gpu_request, body, self.clock()
+            self.identity,
+            self.limits,
+            self.decision.gpu_request,
+            body,
+            self.clock(),
+            tell=self.tell,
         )
         if isinstance(outcome, Decision):
             return outcome

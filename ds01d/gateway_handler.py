@@ -16,6 +16,7 @@ from ds01d.create_saga import CreateSaga
 from ds01d.docker_client import DockerError
 from ds01d.identities import IdentityCache
 from ds01d.image_owners import answer_screen
+from ds01d.notify import Notifier
 from ds01d.service import START_ENDPOINTS, Service, Verdict
 from ds01d.tickets import TOKEN_HEADER
 from formats.labels import LABEL_USER
@@ -59,6 +60,8 @@ class GatewayHandler:
         self.service = service
         self.identity_for_uid = IdentityCache()
         self.api = Api(service, lifecycle)
+        # The lifecycle's notifier writes its warnings to terminals; the GPU queue's too.
+        self.notifier: Notifier = getattr(lifecycle, "notifier", None) or Notifier()
 
     def body_limit(self, client: Client, head: RequestHead) -> int | None:
         route = route_of(Request(head.method, head.target))
@@ -120,7 +123,7 @@ class GatewayHandler:
         if decision.decide_on_answer:
             on_response, answer_limit = self._screen(parsed, identity), MAX_SCREENED_ANSWER
         if route.endpoint == "/containers/create":
-            saga = self.create_saga(verdict, identity)
+            saga = self.create_saga(verdict, identity, client)
             prepared = await saga.prepare()
             if isinstance(prepared, Decision):
                 return deny_reply(prepared)
@@ -163,12 +166,20 @@ class GatewayHandler:
             hijack=_hijacked(route, new_body),
         )
 
-    def create_saga(self, verdict: Verdict, identity: Identity) -> CreateSaga:
+    def create_saga(
+        self, verdict: Verdict, identity: Identity, client: Client | None = None
+    ) -> CreateSaga:
         """The saga that carries out an approved create (ds01d/create_saga.py)."""
         service = self.service
 
         def record(decision: Decision) -> None:
             service.record("gateway", verdict.parsed, identity, decision, verdict.seconds)
+
+        def tell(line: str) -> None:
+            # The client's own terminal: the Docker API gives a waiting create no channel.
+            if identity.uid is not None:
+                pid = client.peer.pid if client is not None else None
+                self.notifier.tell_client(pid, identity.uid, line)
 
         return CreateSaga(
             identity,
@@ -181,6 +192,7 @@ class GatewayHandler:
             clock=service.clock,
             record=record,
             event=service.recorder.event,
+            tell=tell,
         )
 
     def _screen(

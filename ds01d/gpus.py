@@ -9,16 +9,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
-from allocator.ledger import Ledger, Reservation
+from allocator import refusal as refusals
+from allocator.inventory import short_uuid
+from allocator.ledger import Allocation, Ledger, Reservation
 from allocator.ledger import State as AllocationState
 from allocator.preempt import preemption_plan
-from allocator.queue import Ticket, WaitQueue, wait_seconds
+from allocator.queue import Ticket, WaitQueue, place_for, wait_seconds
 from allocator.reconcile import Conflict, ContainerSummary
-from allocator.refusal import Refusal
+from allocator.refusal import HeldContainer, Refusal
 from allocator.request import NVIDIA_DRIVERS, SELECTOR_CAPABILITIES, GpuRequest
 from ds01d.ports import DockerApi
 from formats.labels import (
@@ -41,11 +43,27 @@ log = logging.getLogger("ds01.gpus")
 RESERVATION_MAX_AGE = 300.0
 # `gpu_wait: null` means "as long as it takes", bounded so no request hangs for ever.
 LONGEST_WAIT = 24 * 3600.0
+# A waiting create's client hears how it stands this often (and when it starts waiting).
+PROGRESS_EVERY = 30.0
+# What the refusal suggests when the policy sets no cap on waiting (gpu_wait: null).
+SUGGESTED_WAIT = 15 * 60.0
+
+Tell = Callable[[str], None]  # a line for the waiting client's terminal (best effort)
 
 
-def refusal_decision(refusal: Refusal, note: str = "") -> Decision:
+def refusal_decision(refusal: Refusal, note: str = "", fix: str | None = None) -> Decision:
     reason = refusal.reason + (f"; {note}" if note else "")
-    return deny(refusal.code, reason, refusal.fix, status=409 if refusal.waitable else 403)
+    status = 409 if refusal.waitable else 403
+    return deny(refusal.code, reason, refusal.fix if fix is None else fix, status=status)
+
+
+def progress_line(request: str, place: int | None, waited: float, wait: float) -> str:
+    """``ds01: waiting for 1 GPU: #2 in the queue, 1m30s of at most 15m; Ctrl-C to give up``."""
+    where = f"#{place} in the queue" if place else "being served"
+    return (
+        f"ds01: waiting for {request}: {where}, {format_duration(waited)} of at most "
+        f"{format_duration(wait)}; Ctrl-C to give up"
+    )
 
 
 class GpuBroker:
@@ -74,6 +92,10 @@ class GpuBroker:
         )
         self.record: Callable[..., None] = lambda event, **fields: None  # the audit log
         self.on_wait_end: Callable[[float], None] = lambda seconds: None  # queue wait metric
+        # A container's inspect (None when gone), so refusals can name holders and their
+        # state; and the policy's created_timeout (the daemon sets both).
+        self.inspect: Callable[[str], Awaitable[dict[str, Any] | None]] | None = None
+        self.created_timeout: Callable[[], float | None] = lambda: None
 
     # ---- create ---------------------------------------------------------------------------
 
@@ -84,11 +106,13 @@ class GpuBroker:
         request: GpuRequest,
         body: dict[str, Any],
         now: float,
+        tell: Tell | None = None,
     ) -> Reservation | Decision:
-        """Devices for a create, waiting in the queue if the policy allows; else a denial.
+        """Devices for a create, waiting in the queue when its ``ds01.wait`` label asks (capped
+        by the policy's ``gpu_wait``); else a denial that says how the queue stands.
 
         It does not overtake waiting requests of its priority or higher: the devices they can
-        use next are not its to take.
+        use next are not its to take. ``tell`` reaches the waiting client's terminal.
         """
         ahead = self.queue.held_back(self.ledger, int(limits.priority))
         result = self.ledger.reserve(
@@ -98,7 +122,7 @@ class GpuBroker:
             self.on_change()
             return result
         if not result.waitable:
-            return refusal_decision(result)
+            return refusal_decision(await self._name_holders(result, identity.user, now))
         if limits.preempt_idle:
             preempted = await self._preempt(identity, limits, request, now)
             if isinstance(preempted, Reservation):
@@ -107,14 +131,8 @@ class GpuBroker:
             wait = wait_seconds((body.get("Labels") or {}).get(LABEL_WAIT), limits.gpu_wait)
         except UnitError as exc:
             return deny("bad_wait", f"label {LABEL_WAIT}: {exc}", "use a duration like 10m")
-        if wait is not None and wait <= 0:
-            queued = len(self.queue)
-            note = f"{queued} request{'s' if queued != 1 else ''} already waiting" if queued else ""
-            if limits.gpu_wait is None or limits.gpu_wait > 0:
-                note += (
-                    "; " if note else ""
-                ) + f"add --label {LABEL_WAIT}=10m to wait in the queue"
-            return refusal_decision(result, note)
+        if wait <= 0:
+            return await self._busy(result, limits, now)
         waiting = self.queue.waiting_for(identity.user)
         if waiting is not None:
             return deny(
@@ -125,7 +143,23 @@ class GpuBroker:
                 "wait for that one to be served or give up on it (Ctrl-C), then try again",
                 status=409,
             )
-        return await self._wait(identity, limits, request, now, wait)
+        return await self._wait(identity, limits, request, now, wait, tell)
+
+    async def _busy(self, result: Refusal, limits: Limits, now: float) -> Decision:
+        """No free device and no wait asked for: the queue as it stands, and how to wait."""
+        held = [await self._held_by_holder(h) for h in result.holders if h.state != "promised"]
+        states = refusals.busy_states(held, now)
+        place = place_for(self.queue, int(limits.priority))
+        note = (f"{states}; " if states else "") + f"you would be #{place} in the queue"
+        if limits.gpu_wait is not None and limits.gpu_wait <= 0:
+            return refusal_decision(result, note + " (your policy's gpu_wait is 0: no waiting)")
+        cap = SUGGESTED_WAIT if limits.gpu_wait is None else min(limits.gpu_wait, LONGEST_WAIT)
+        fix = (
+            f"to wait for a device, run it again with `--label {LABEL_WAIT}="
+            f"{format_duration(cap)}` (at most {format_duration(cap)}; Ctrl-C gives up); "
+            "`ds01 gpus` shows the devices and the queue"
+        )
+        return refusal_decision(result, note, fix)
 
     async def _wait(
         self,
@@ -134,6 +168,7 @@ class GpuBroker:
         request: GpuRequest,
         now: float,
         wait: float | None,
+        tell: Tell | None = None,
     ) -> Reservation | Decision:
         wait = LONGEST_WAIT if wait is None else min(wait, LONGEST_WAIT)
         ticket = Ticket(
@@ -159,7 +194,7 @@ class GpuBroker:
         )
         self.on_change()
         try:
-            outcome = await asyncio.wait_for(asyncio.shield(future), timeout=wait)
+            outcome = await self._await_turn(ticket, future, wait, tell)
         except (TimeoutError, asyncio.CancelledError) as exc:
             self.queue.remove(ticket.id)
             self._waiters.pop(ticket.id, None)
@@ -170,6 +205,7 @@ class GpuBroker:
                     self.dispatch()
             self.on_change()
             if isinstance(exc, asyncio.CancelledError):
+                log.info("%s gave up waiting for %s", identity.user, request.describe())
                 raise
             return deny(
                 "gpu_wait_timeout",
@@ -183,6 +219,89 @@ class GpuBroker:
         if isinstance(outcome, Refusal):
             return refusal_decision(outcome)
         return outcome
+
+    async def _await_turn(
+        self,
+        ticket: Ticket,
+        future: asyncio.Future[Reservation | Refusal],
+        wait: float,
+        tell: Tell | None,
+    ) -> Reservation | Refusal:
+        """The ticket's outcome, telling the client where it stands at the start and every
+        ``PROGRESS_EVERY`` s; TimeoutError after ``wait`` s (the event loop's clock)."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while True:
+            waited = loop.time() - start
+            left = wait - waited
+            if left <= 0:
+                raise TimeoutError
+            if tell is not None:
+                place = self.queue.position(ticket.id)
+                line = progress_line(ticket.request.describe(), place, waited, wait)
+                try:
+                    tell(line)
+                except Exception:  # a terminal that is gone must not end the wait
+                    log.debug("could not tell %s how its wait stands", ticket.user, exc_info=True)
+            try:
+                return await asyncio.wait_for(
+                    asyncio.shield(future), timeout=min(PROGRESS_EVERY, left)
+                )
+            except TimeoutError:
+                continue
+
+    # ---- who holds what, as the user should hear it ------------------------------------
+
+    async def _name_holders(self, result: Refusal, user: str, now: float) -> Refusal:
+        """A quota refusal naming the user's containers that hold the quota."""
+        if result.parts is None:
+            return result
+        mine = [a for a in self.ledger.allocations() if a.user == user]
+        held = [await self._held(a) for a in mine]
+        return refusals.name_holders(result, held, now)
+
+    async def _held_by_holder(self, holder: refusals.Holder) -> HeldContainer:
+        alloc = self.ledger.allocation_of(holder.container_id) if holder.container_id else None
+        if alloc is not None:
+            return await self._held(alloc)
+        return HeldContainer(
+            (short_uuid(holder.device),), holder.container_id, None, "being created"
+        )
+
+    async def _held(self, alloc: Allocation) -> HeldContainer:
+        """One allocation's container: its name, state and when its hold ends by itself."""
+        devices = tuple(short_uuid(u) for u in alloc.devices)
+        if alloc.container_id is None:
+            return HeldContainer(devices, None, None, "being created")
+        info = await self._inspect(alloc.container_id)
+        name = ((info or {}).get("Name") or "").lstrip("/") or None
+        status = ((info or {}).get("State") or {}).get("Status")
+        if alloc.state is AllocationState.HELD or status in ("exited", "dead"):
+            until = alloc.hold_until
+            key = "gpu_hold_after_stop" if until is not None else None
+            return HeldContainer(devices, alloc.container_id, name, "stopped", until, key)
+        if status == "created":
+            timeout = self.created_timeout()
+            created = parse_docker_time((info or {}).get("Created"))
+            until = created + timeout if created is not None and timeout is not None else None
+            return HeldContainer(
+                devices,
+                alloc.container_id,
+                name,
+                "created (never started)",
+                until,
+                "created_timeout" if until is not None else None,
+            )
+        return HeldContainer(devices, alloc.container_id, name, "running")
+
+    async def _inspect(self, container_id: str) -> dict[str, Any] | None:
+        if self.inspect is None:
+            return None
+        try:
+            return await self.inspect(container_id)
+        except Exception:  # a message detail: never a reason to fail the create's answer
+            log.debug("could not inspect %s for a refusal", container_id, exc_info=True)
+            return None
 
     async def _preempt(
         self, identity: Identity, limits: Limits, request: GpuRequest, now: float

@@ -127,12 +127,24 @@ class Notifier:
             if info.st_uid == uid and stat.S_ISCHR(info.st_mode):
                 yield path
 
-    def write_terminals(self, uid: int, text: str) -> int:
-        """Write ``text`` to each of the user's terminals; how many took it."""
+    def tell_client(self, pid: int | None, uid: int, text: str) -> int:
+        """Write ``text`` to the terminal the client process ``pid`` runs in (its controlling
+        terminal, when ``uid`` owns it), else to each of the user's terminals.
+
+        For a create waiting in the GPU queue: the Docker API gives its client no channel,
+        but `docker run` (or `devcontainer up` behind it) runs in a terminal the user sees.
+        """
+        text = _CONTROL.sub(" ", text)
+        tty = controlling_tty(self.proc, pid) if pid else None
+        own = [p for p in self.terminals_of(uid) if _rdev(p) == tty] if tty else []
+        return self.write_terminals(uid, text, own or None)
+
+    def write_terminals(self, uid: int, text: str, paths: list[Path] | None = None) -> int:
+        """Write ``text`` to each of the user's terminals (or ``paths``); how many took it."""
         # \r\n: the terminal may be in raw mode (an editor); a bell would be rude at night.
         data = f"\r\n{text}\r\n".encode("utf-8", "replace")
         reached = 0
-        for path in self.terminals_of(uid):
+        for path in self.terminals_of(uid) if paths is None else paths:
             try:
                 # O_NONBLOCK: a stuck terminal must not stall the loop. O_NOCTTY: never adopt it.
                 fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
@@ -179,6 +191,24 @@ class Notifier:
                 if opened >= 0:
                     with contextlib.suppress(OSError):
                         os.close(opened)
+
+
+def controlling_tty(proc: str | os.PathLike[str], pid: int) -> int | None:
+    """The device number of process ``pid``'s controlling terminal; None when it has none."""
+    try:
+        stat_line = (Path(proc) / str(pid) / "stat").read_text()
+        # "pid (comm) state ppid pgrp session tty_nr ...": comm may hold spaces and parens.
+        tty_nr = int(stat_line.rsplit(")", 1)[1].split()[4])
+    except (OSError, ValueError, IndexError):
+        return None
+    return tty_nr or None
+
+
+def _rdev(path: Path) -> int | None:
+    try:
+        return path.stat().st_rdev
+    except OSError:
+        return None
 
 
 def open_container_tmp(proc: str | os.PathLike[str], pid: int) -> int:

@@ -45,7 +45,9 @@ class FakeBroker:
         self.reserved: set[str] = set()  # reservations not yet a container's
         self.bound: dict[str, str] = {}
 
-    async def reserve(self, identity: Any, limits: Any, request: Any, body: Any, now: float) -> Any:
+    async def reserve(
+        self, identity: Any, limits: Any, request: Any, body: Any, now: float, tell: Any = None
+    ) -> Any:
         if self.fail == "reserve_cancelled":
             raise asyncio.CancelledError  # the client left while waiting in the queue
         if self.refuse is not None:

@@ -13,6 +13,7 @@ from tests.unit.allocator.alloc_helpers import GPU2, GPU3, NOW, example_inventor
 from tests.unit.fake_docker import FakeDockerApi
 
 RESEARCHER = {"allow_full_gpu": True, "max_gpus": 2, "max_mig_instances": 0}
+WAIT = {"Labels": {"ds01.wait": "30s"}}  # waiting is opt-in (issue 14.1)
 
 
 def who(name: str, uid: int = 1000) -> Identity:
@@ -74,7 +75,7 @@ async def test_waiting_create_gets_the_device_freed_by_a_destroy():
     b, _ = broker()
     holders = await take_both_whole_gpus(b)
     waiter = asyncio.create_task(
-        b.reserve(who("mid"), b.table["mid"], GpuRequest(count=1), {}, NOW)
+        b.reserve(who("mid"), b.table["mid"], GpuRequest(count=1), WAIT, NOW)
     )
     await asyncio.sleep(0.01)
     assert len(b.queue) == 1
@@ -89,11 +90,13 @@ async def test_higher_priority_waiter_is_served_first():
     b, _ = broker()
     b.table["low"] = limits("low", priority=10, gpu_wait=30, **RESEARCHER)  # type: ignore[attr-defined]
     holders = await take_both_whole_gpus(b, "mid")
-    first = asyncio.create_task(b.reserve(who("low"), b.table["low"], GpuRequest(count=1), {}, NOW))
+    first = asyncio.create_task(
+        b.reserve(who("low"), b.table["low"], GpuRequest(count=1), WAIT, NOW)
+    )
     await asyncio.sleep(0.01)
     b.table["high"] = limits("high", priority=50, gpu_wait=30, **RESEARCHER)  # type: ignore[attr-defined]
     second = asyncio.create_task(
-        b.reserve(who("high"), b.table["high"], GpuRequest(count=1), {}, NOW)
+        b.reserve(who("high"), b.table["high"], GpuRequest(count=1), WAIT, NOW)
     )
     await asyncio.sleep(0.01)
     b.container_destroyed(holders[0])
@@ -290,10 +293,12 @@ async def test_a_second_waiting_request_of_one_user_is_refused():
     """One waiting request per user: waiting is not a way to hold devices."""
     b, _ = broker()
     await take_both_whole_gpus(b, "low")
-    first = asyncio.create_task(b.reserve(who("mid"), b.table["mid"], GpuRequest(count=1), {}, NOW))  # type: ignore[attr-defined]
+    first = asyncio.create_task(
+        b.reserve(who("mid"), b.table["mid"], GpuRequest(count=1), WAIT, NOW)
+    )  # type: ignore[attr-defined]
     await asyncio.sleep(0.01)
     assert len(b.queue) == 1
-    second = await b.reserve(who("mid"), b.table["mid"], GpuRequest(count=1), {}, NOW)  # type: ignore[attr-defined]
+    second = await b.reserve(who("mid"), b.table["mid"], GpuRequest(count=1), WAIT, NOW)  # type: ignore[attr-defined]
     assert isinstance(second, Decision) and second.code == "already_waiting"
     assert second.status == 409
     assert "you already have a GPU request waiting in the queue (place 1, for 1 GPU)" in (
@@ -311,7 +316,7 @@ async def test_a_new_create_does_not_take_what_a_waiter_can_use_next():
     b.table["big"] = limits("big", priority=30, gpu_wait=30, **RESEARCHER)  # type: ignore[attr-defined]
     holders = await take_both_whole_gpus(b, "low")
     waiter = asyncio.create_task(
-        b.reserve(who("big"), b.table["big"], GpuRequest(count=2), {}, NOW)
+        b.reserve(who("big"), b.table["big"], GpuRequest(count=2), WAIT, NOW)
     )  # type: ignore[attr-defined]
     await asyncio.sleep(0.01)
     b.container_destroyed(holders[0])  # GPU2 free; big needs GPU3 too: one release away
@@ -333,7 +338,7 @@ async def test_a_waiter_on_its_own_allocation_holds_nothing_back():
     assert isinstance(mine, Reservation)
     b.bind(mine, "big-c")
     waiter = asyncio.create_task(
-        b.reserve(who("big"), b.table["big"], GpuRequest(count=2), {}, NOW)
+        b.reserve(who("big"), b.table["big"], GpuRequest(count=2), WAIT, NOW)
     )  # type: ignore[attr-defined]
     await asyncio.sleep(0.01)
     assert len(b.queue) == 1

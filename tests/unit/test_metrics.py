@@ -395,7 +395,8 @@ async def test_queue_waits_are_observed_when_served_and_when_given_up(metrics: M
     b.on_wait_end = metrics.observe_queue_wait
     holders = await take_both_whole_gpus(b)
     mid = b.table["mid"]  # type: ignore[attr-defined]
-    waiter = asyncio.create_task(b.reserve(who("mid"), mid, GpuRequest(count=1), {}, NOW))
+    wait = {"Labels": {"ds01.wait": "30s"}}  # waiting is opt-in
+    waiter = asyncio.create_task(b.reserve(who("mid"), mid, GpuRequest(count=1), wait, NOW))
     await asyncio.sleep(0.01)
     b.clock.now = NOW + 20  # type: ignore[attr-defined]
     b.container_destroyed(holders[0])

@@ -114,16 +114,18 @@ def test_deadline_expires() -> None:
     ("label", "policy", "expected"),
     [
         (None, 0.0, 0.0),
-        (None, 900.0, 900.0),
+        (None, 900.0, 0.0),  # opt-in: no label, no wait (issue 14.1)
+        ("", 900.0, 0.0),  # DS01 writes the label blank when the user did not set it
         ("5m", 900.0, 300.0),
-        ("1h", 900.0, 900.0),
+        ("1h", 900.0, 900.0),  # gpu_wait is the most a user may ask for
         ("0", 900.0, 0.0),
         ("10m", None, 600.0),
-        (None, None, None),
+        ("10m", 0.0, 0.0),
+        (None, None, 0.0),
     ],
 )
 def test_wait_seconds(label: str | None, policy: float | None, expected: float | None) -> None:
-    """The policy's gpu_wait is the default and the cap; a ds01.wait label can shorten it."""
+    """Waiting is asked for with a ds01.wait label; the policy's gpu_wait caps it."""
     assert wait_seconds(label, policy) == expected
 
 
