@@ -6,7 +6,7 @@ Every refusal text the allocator produces is built here, so messages stay consis
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from formats.labels import format_gpueq
 from formats.units import format_duration
@@ -36,7 +36,11 @@ CODES = frozenset(
 # Waiting helps only when someone else has to let go of a device.
 WAITABLE = frozenset({NO_CAPACITY, DEVICE_BUSY})
 
-_FREE_ONE = "stop or remove a container holding a GPU (`docker ps`)"
+# Stopped and created containers keep their GPUs too, and `docker ps` lists neither.
+_FREE_ONE = (
+    "remove a container you no longer need (`docker rm NAME`; `docker ps -a` or `ds01 ps` "
+    "lists them all, stopped and created ones included)"
+)
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,49 @@ class Holder:
 
 
 @dataclass(frozen=True)
+class HeldContainer:
+    """One allocation as its owner should see it: the container, its state, its hold's end.
+
+    ``state``: running, stopped, created (never started) or "being created"; ``until``: when
+    its hold ends by itself (None: while it runs, or unknown), ``until_key`` the policy key
+    that sets that time (gpu_hold_after_stop, created_timeout).
+    """
+
+    devices: tuple[str, ...]  # short device names
+    container_id: str | None
+    name: str | None
+    state: str
+    until: float | None = None
+    until_key: str | None = None
+
+    @property
+    def called(self) -> str:
+        return self.name or (self.container_id or "")[:12]
+
+    def describe(self, now: float) -> str:
+        """``MIG-1a2b3c4d…: container kept, stopped; holds it 59m more (gpu_hold_after_stop)``."""
+        devices = ", ".join(self.devices)
+        if self.container_id is None:
+            return f"{devices}: a container being created"
+        return f"{devices}: container {self.called}, {self.state}{self._end(now)}"
+
+    def _end(self, now: float) -> str:
+        if self.until is not None:
+            left = format_duration(max(0.0, self.until - now))
+            return f"; holds it {left} more ({self.until_key})" if self.until_key else ""
+        if self.state == "running":
+            return "; holds it while it runs, then for gpu_hold_after_stop"
+        if self.state == "stopped":
+            return "; holds it until it is removed"
+        return ""
+
+    @property
+    def frees_it(self) -> str:
+        """The command that frees its devices now."""
+        return f"`docker rm {'-f ' if self.state == 'running' else ''}{self.called}`"
+
+
+@dataclass(frozen=True)
 class Refusal:
     """A GPU request that cannot be met: ``reason`` and ``fix`` are for the user."""
 
@@ -78,6 +125,10 @@ class Refusal:
     fix: str
     holders: tuple[Holder, ...] = ()
     waitable: bool = False  # True when a freed device could satisfy it later
+    # A quota refusal's reason around its holdings, and the key an admin would raise: so the
+    # daemon can name the holding containers (``name_holders``), which the ledger cannot.
+    parts: tuple[str, str] | None = None
+    limit_key: str = ""
 
     def __post_init__(self) -> None:
         if self.code not in CODES:  # codes are a stable interface (metrics, tests)
@@ -126,17 +177,17 @@ def quota_count(
             f"your GPU policy gives you no {many} ({key} is 0)",
             f"ask an admin for GPU access (a higher {key})",
         )
-    reason = f"GPU quota reached: you hold {held} of {limit} {_plural(limit, one, many)}"
-    reason += _holdings(holdings)
-    if held < limit:
-        reason += f" and asked for {asked} more"
+    head = f"GPU quota reached: you hold {held} of {limit} {_plural(limit, one, many)}"
+    tail = f" and asked for {asked} more" if held < limit else ""
+    reason = head + _holdings(holdings) + tail
     if held == 0:
         return Refusal(
             code,
             reason,
             f"ask for at most {limit} (`--gpus {limit}`), or ask an admin for a higher {key}",
         )
-    return Refusal(code, reason, f"{_FREE_ONE}, or ask an admin for a higher {key}")
+    fix = f"{_FREE_ONE}, or ask an admin for a higher {key}"
+    return Refusal(code, reason, fix, parts=(head, tail), limit_key=key)
 
 
 def quota_gpueq(
@@ -149,13 +200,38 @@ def quota_gpueq(
             "your GPU policy gives you no GPU-equivalents (max_gpu_equivalents is 0)",
             "ask an admin for GPU access (a higher max_gpu_equivalents)",
         )
-    reason = (
-        f"GPU quota reached: you hold {format_gpueq(held)} of {format_gpueq(limit)} "
-        f"GPU-equivalents{_holdings(holdings)} and this request needs "
-        f"{format_gpueq(asked)} more"
+    head = (
+        f"GPU quota reached: you hold {format_gpueq(held)} of {format_gpueq(limit)} GPU-equivalents"
     )
-    fix = "ask for a smaller MIG instance, " if held == 0 else f"{_FREE_ONE}, "
-    return Refusal(QUOTA_GPUEQ, reason, fix + "or ask an admin for a higher max_gpu_equivalents")
+    tail = f" and this request needs {format_gpueq(asked)} more"
+    reason = head + _holdings(holdings) + tail
+    key = "max_gpu_equivalents"
+    if held == 0:
+        return Refusal(
+            QUOTA_GPUEQ,
+            reason,
+            f"ask for a smaller MIG instance, or ask an admin for a higher {key}",
+        )
+    fix = f"{_FREE_ONE}, or ask an admin for a higher {key}"
+    return Refusal(QUOTA_GPUEQ, reason, fix, parts=(head, tail), limit_key=key)
+
+
+def name_holders(refusal: Refusal, held: Sequence[HeldContainer], now: float) -> Refusal:
+    """A quota refusal that names the containers holding the quota, their state, when each
+    hold ends and the command that frees one (the daemon looks the containers up)."""
+    if refusal.parts is None or not held:
+        return refusal
+    head, tail = refusal.parts
+    reason = f"{head} ({'; '.join(h.describe(now) for h in held)}){tail}"
+    ready = [h for h in held if h.container_id is not None]
+    if not ready:
+        return replace(refusal, reason=reason)
+    best = min(ready, key=lambda h: h.state == "running")  # a stopped one first
+    fix = (
+        f"free one with {best.frees_it} (`docker ps -a` or `ds01 ps` lists your containers, "
+        f"stopped and created ones too), or ask an admin for a higher {refusal.limit_key}"
+    )
+    return replace(refusal, reason=reason, fix=fix)
 
 
 def per_container(limit: int, asked: int) -> Refusal:
@@ -242,3 +318,19 @@ def unknown_device(device_id: str, why: str = "") -> Refusal:
         + (f": {why}" if why else ""),
         "see `ds01 gpus` for the devices, or ask for any free one with `--gpus 1`",
     )
+
+
+def busy_states(held: Sequence[HeldContainer], now: float) -> str:
+    """How the busy devices are held, without whose (other users' containers are private):
+    ``held by 2 running, 1 stopped (the first frees in 12m) containers``."""
+    parts = []
+    for state in ("running", "stopped", "created (never started)", "being created"):
+        group = [h for h in held if h.state == state]
+        if not group:
+            continue
+        ends = [h.until for h in group if h.until is not None]
+        text = f"{len(group)} {state}"
+        if ends:
+            text += f" (the first frees in {format_duration(max(0.0, min(ends) - now))})"
+        parts.append(text)
+    return f"held by {', '.join(parts)}" if parts else ""

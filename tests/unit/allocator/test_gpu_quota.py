@@ -50,7 +50,8 @@ def test_quota_mig() -> None:
         "GPU quota reached: you hold 1 of 1 MIG instance (MIG-1a2b3c4d…, container 3f2a1b0c9d8e)"
     )
     assert r.fix == (
-        "stop or remove a container holding a GPU (`docker ps`), "
+        "remove a container you no longer need (`docker rm NAME`; `docker ps -a` or `ds01 ps` "
+        "lists them all, stopped and created ones included), "
         "or ask an admin for a higher max_mig_instances"
     )
     assert not r.waitable
