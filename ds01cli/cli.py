@@ -286,14 +286,21 @@ def cmd_limits(args: argparse.Namespace) -> int:
                     f"stops in {left} ({row.get('stop_reason')})"
                 )
         for q in d["queue"]:
-            out.append(
-                _colour(
-                    f"  waiting for {q['request']}: place {q['position']} in the GPU queue", "33"
-                )
-            )
+            out.append(_colour(f"  {_queue_line(q)}", "33"))
         return "\n".join(out)
 
     return _emit(args, data, render)
+
+
+def _queue_line(q: dict[str, Any]) -> str:
+    """``waiting for 1 GPU: place 2 in the GPU queue, 1m30s of at most 15m``."""
+    line = f"waiting for {q['request']}: place {q['position']} in the GPU queue"
+    since, deadline = q.get("waiting_since"), q.get("deadline")
+    if since is not None:
+        line += f", {format_duration(max(0, time.time() - since))}"
+        if deadline is not None:
+            line += f" of at most {format_duration(max(0, deadline - since))}"
+    return line
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
