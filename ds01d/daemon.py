@@ -19,7 +19,7 @@ from aiohttp import web
 
 from allocator.inventory import InventoryError
 from allocator.ledger import Ledger
-from authz_plugin.server import PluginServer
+from authz_plugin.authz import plugin_app
 from ds01d.docker_client import DockerClient, socket_path, stop_container
 from ds01d.events import EventWatcher
 from ds01d.gpus import GpuBroker
@@ -250,7 +250,6 @@ class Daemon:
             limits_for=self._limits_for,
         )
         self.runners: list[web.AppRunner] = []
-        self.plugin: PluginServer | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.gateway: Gateway | None = None
 
@@ -319,14 +318,8 @@ class Daemon:
 
     async def start(self) -> None:
         timed = self.recorder.timed_authz
-        # The response phase only finishes a ticket (by its header): dockerd's answer, in
-        # ResponseBody, is neither decoded nor read.
-        self.plugin = PluginServer(
-            timed(self.service.authz_request),
-            timed(self.service.authz_response),
-            response_body=False,
-        )
-        await self.plugin.start(self.args.plugin_socket, 0o660)
+        app = plugin_app(timed(self.service.authz_request), timed(self.service.authz_response))
+        self.runners.append(await serve_unix(app, self.args.plugin_socket, 0o660))
         log.info("AuthZ plugin listening on %s", self.args.plugin_socket)
         if self.args.gateway_socket:
             from ds01d.gateway_handler import GatewayHandler
@@ -376,8 +369,6 @@ class Daemon:
         await self.lifecycle.drain()  # stops and removals already under way finish
         if self.gateway is not None:
             await self.gateway.stop()
-        if self.plugin is not None:
-            await self.plugin.cleanup()
         for runner in self.runners:
             await runner.cleanup()
         await self.docker.close()
