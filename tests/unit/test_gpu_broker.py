@@ -346,3 +346,58 @@ async def test_a_waiter_on_its_own_allocation_holds_nothing_back():
     assert isinstance(newcomer, Reservation) and newcomer.device_ids == (GPU3,)
     waiter.cancel()
     await asyncio.gather(waiter, return_exceptions=True)
+
+
+# ---------------------------------------------------------------- the queue talks (issue 14)
+
+
+async def test_without_a_wait_label_a_busy_create_answers_at_once_with_the_queue():
+    """Waiting is opt-in: the refusal says how the devices are held, the place the request
+    would have, and the label that waits (capped by gpu_wait)."""
+    b, _ = broker()
+    await take_both_whole_gpus(b)
+    outcome = await b.reserve(who("mid"), b.table["mid"], GpuRequest(count=1), {}, NOW)
+    assert isinstance(outcome, Decision) and outcome.code == "no_capacity"
+    assert outcome.status == 409 and len(b.queue) == 0
+    assert "held by 2 running; you would be #1 in the queue" in outcome.reason
+    assert outcome.fix.startswith(
+        "to wait for a device, run it again with `--label ds01.wait=30s` (at most 30s;"
+    )
+
+
+async def test_a_waiting_create_is_told_its_place_and_a_client_that_leaves_frees_it():
+    """The client hears its place at once; cancelling (the gateway's hang-up) leaves the queue
+    and a device freed later is not given to it."""
+    b, _ = broker()
+    holders = await take_both_whole_gpus(b)
+    lines: list[str] = []
+    waiter = asyncio.create_task(
+        b.reserve(who("mid"), b.table["mid"], GpuRequest(count=1), WAIT, NOW, tell=lines.append)
+    )
+    await asyncio.sleep(0.01)
+    assert lines == [
+        "ds01: waiting for 1 GPU: #1 in the queue, 0s of at most 30s; Ctrl-C to give up"
+    ]
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert len(b.queue) == 0
+    b.container_destroyed(holders[0])
+    assert [a.user for a in b.ledger.allocations()] == ["low"]  # nothing reserved for "mid"
+
+
+async def test_a_quota_refusal_names_the_stopped_container_and_its_hold():
+    """The user's holding container by name, its state, when its hold ends, how to free it."""
+    b, _ = broker(gpu_hold_after_stop=3600)
+    await take_both_whole_gpus(b)
+
+    async def inspect(cid: str) -> dict:
+        return {"Name": f"/{cid}-name", "State": {"Status": "exited"}}
+
+    b.inspect = inspect
+    b.container_died("low-c0", NOW)
+    refused = await b.reserve(who("low"), b.table["low"], GpuRequest(count=1), {}, NOW)
+    assert isinstance(refused, Decision) and refused.code == "quota_gpus"
+    assert "container low-c0-name, stopped; holds it 1h more (gpu_hold_after_stop)" in (
+        refused.reason
+    )
+    assert refused.fix.startswith("free one with `docker rm low-c0-name` (`docker ps -a`")

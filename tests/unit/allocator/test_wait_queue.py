@@ -18,7 +18,8 @@ from alloc_helpers import (
 )
 
 from allocator.ledger import Ledger, Reservation
-from allocator.queue import Ticket, WaitQueue, wait_seconds
+from allocator.queue import Ticket, WaitQueue, place_for, wait_seconds
+from allocator.refusal import HeldContainer, busy_states, name_holders, quota_count
 from allocator.request import GpuRequest
 from formats.units import UnitError
 
@@ -260,3 +261,75 @@ def test_one_waiting_ticket_per_user_is_found() -> None:
     queue = WaitQueue()
     queue.enqueue(ticket("a", 1, NOW))
     assert queue.waiting_for("a").id == "a" and queue.waiting_for("b") is None
+
+
+# ---------------------------------------------------------------- what a user is told (issue 14)
+
+
+@pytest.mark.parametrize(
+    ("held", "text"),
+    [
+        (
+            HeldContainer(
+                ("MIG-1a2b…",), "c1", "kept", "stopped", 3600.0 + 1000, "gpu_hold_after_stop"
+            ),
+            "MIG-1a2b…: container kept, stopped; holds it 1h more (gpu_hold_after_stop)",
+        ),
+        (
+            HeldContainer(
+                ("MIG-1a2b…",), "c1", "fresh", "created (never started)", 1600.0, "created_timeout"
+            ),
+            "MIG-1a2b…: container fresh, created (never started); holds it 10m more (created_timeout)",
+        ),
+        (
+            HeldContainer(("GPU-5f6c…",), "c1", "train", "running"),
+            "GPU-5f6c…: container train, running; holds it while it runs, then for "
+            "gpu_hold_after_stop",
+        ),
+        (
+            HeldContainer(("GPU-5f6c…",), "3f2a1b0c9d8e77", None, "stopped"),
+            "GPU-5f6c…: container 3f2a1b0c9d8e, stopped; holds it until it is removed",
+        ),
+        (
+            HeldContainer(("GPU-5f6c…",), None, None, "being created"),
+            "GPU-5f6c…: a container being created",
+        ),
+    ],
+)
+def test_a_held_container_is_described(held: HeldContainer, text: str) -> None:
+    assert held.describe(1000.0) == text
+
+
+def test_a_quota_refusal_names_its_holders_and_the_command_that_frees_one() -> None:
+    refusal = quota_count("quota_mig", 1, 1, 1, [(("MIG-1a2b…",), "c1")])
+    running = HeldContainer(("MIG-1a2b…",), "c1", "train", "running")
+    named = name_holders(refusal, [running], 0.0)
+    assert named.reason == (
+        "GPU quota reached: you hold 1 of 1 MIG instance (MIG-1a2b…: container train, running; "
+        "holds it while it runs, then for gpu_hold_after_stop)"
+    )
+    assert named.fix == (
+        "free one with `docker rm -f train` (`docker ps -a` or `ds01 ps` lists your containers, "
+        "stopped and created ones too), or ask an admin for a higher max_mig_instances"
+    )
+
+
+def test_busy_states_tell_how_devices_are_held_not_by_whom() -> None:
+    held = [
+        HeldContainer(("a",), "c1", "x", "running"),
+        HeldContainer(("b",), "c2", "y", "stopped", 700.0, "gpu_hold_after_stop"),
+        HeldContainer(("c",), "c3", "z", "stopped", 400.0, "gpu_hold_after_stop"),
+    ]
+    assert busy_states(held, 100.0) == "held by 1 running, 2 stopped (the first frees in 5m)"
+
+
+def test_a_new_request_takes_its_place_after_its_equals() -> None:
+    queue = WaitQueue()
+    for n, priority in enumerate((50, 10, 10)):
+        queue.enqueue(_ticket(f"t{n}", priority))
+    assert place_for(queue, 10) == 4 and place_for(queue, 50) == 2 and place_for(queue, 90) == 1
+
+
+def _ticket(ticket_id: str, priority: int) -> Ticket:
+    quota = limits("u", priority=priority)
+    return Ticket(ticket_id, "u", 1000, "g", priority, GpuRequest(count=1), quota, NOW)
