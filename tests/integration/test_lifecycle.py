@@ -267,7 +267,13 @@ async def test_lifecycle_warns_stops_and_removes(dockerd: PrivateDockerd, tmp_pa
         await asyncio.wait_for(events.connected.wait(), 10)
         waiter = Identity(uid=None, user="waiter")
         wait = pending = asyncio.create_task(
-            broker.reserve(waiter, store.limits(waiter), GpuRequest(count=1), {}, time.time())
+            broker.reserve(
+                waiter,
+                store.limits(waiter),
+                GpuRequest(count=1),
+                {"Labels": {"ds01.wait": "1m"}},  # waiting is opt-in
+                time.time(),
+            )
         )
         tasks += [asyncio.create_task(life.run()), asyncio.create_task(dry.run())]
         started = time.monotonic()
