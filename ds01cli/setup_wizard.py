@@ -64,8 +64,9 @@ def plain_limits(d: dict[str, Any], show: Show) -> list[str]:
     )
     wait = v.get("gpu_wait")
     lines.append(
-        f"When GPUs are busy a request may wait up to {show('gpu_wait', wait)} in the queue "
-        f"(priority {v.get('priority', 0)})."
+        f"When GPUs are busy a request is answered at once; to wait in the queue (priority "
+        f"{v.get('priority', 0)}) add --label ds01.wait=DURATION, at most "
+        f"{show('gpu_wait', wait)}."
         if wait
         else "When every GPU you may use is busy, a request is refused at once (no queue for you)."
     )
