@@ -85,8 +85,13 @@ def _headers(value: Any, name: str) -> dict[str, str]:
     return value
 
 
-def parse_authz(raw: bytes, response: bool) -> AuthzRequest:
-    """Decode dockerd's AuthZ JSON, refusing anything malformed."""
+def parse_authz(raw: bytes, response: bool, response_body: bool = True) -> AuthzRequest:
+    """Decode dockerd's AuthZ JSON, refusing anything malformed.
+
+    ``response_body=False`` leaves an AuthZRes's ``ResponseBody`` (dockerd's whole answer,
+    base64) undecoded and unchecked, for an authorizer that never reads it: its
+    ``response_body`` is None, so nothing can be decided on bytes that were not checked.
+    """
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -114,11 +119,35 @@ def parse_authz(raw: bytes, response: bool) -> AuthzRequest:
         headers=_headers(data.get("RequestHeaders"), "RequestHeaders"),
         body=_b64(data.get("RequestBody"), "RequestBody"),
         response_status=status,
-        response_body=_b64(data.get("ResponseBody"), "ResponseBody") if response else None,
+        response_body=_b64(data.get("ResponseBody"), "ResponseBody")
+        if response and response_body
+        else None,
         response_headers=_headers(data.get("ResponseHeaders"), "ResponseHeaders")
         if response
         else {},
     )
+
+
+ACTIVATE_BODY = json.dumps({"Implements": ["authz"]}).encode()
+TOO_LARGE = AuthzAnswer(False, "ds01: request too large for the AuthZ plugin")
+
+
+def answer_body(answer: AuthzAnswer) -> bytes:
+    """The JSON dockerd reads, for one answer."""
+    return _ALLOW_BODY if answer == _ALLOW else json.dumps(answer.to_json()).encode()
+
+
+async def answer_call(
+    decide: Authorizer, raw: bytes, response: bool, response_body: bool = True
+) -> AuthzAnswer:
+    """Decode one AuthZ call and decide it: every failure is a denial that says why."""
+    try:
+        return await decide(parse_authz(raw, response, response_body))
+    except BadPluginRequest as exc:
+        return AuthzAnswer(False, f"ds01: unreadable AuthZ request ({exc})")
+    except Exception:
+        log.exception("AuthZ handler failed; denying")
+        return AuthzAnswer(False, "ds01: internal error while deciding; denied (see ds01d log)")
 
 
 def plugin_app(
@@ -126,11 +155,11 @@ def plugin_app(
     on_response: Authorizer,
     observe: Callable[[float], None] | None = None,
 ) -> web.Application:
-    """The aiohttp application dockerd talks to on the plugin socket."""
+    """The protocol as an aiohttp application (tests and tools; ds01d serves ``server.py``)."""
     app = web.Application(client_max_size=MAX_PLUGIN_REQUEST)
 
     async def activate(_: web.Request) -> web.Response:
-        return web.json_response({"Implements": ["authz"]})
+        return web.Response(body=ACTIVATE_BODY, content_type="application/json")
 
     def endpoint(
         decide: Authorizer, response: bool
@@ -139,20 +168,16 @@ def plugin_app(
             started = time.perf_counter()
             try:
                 raw = await request.read()
-                answer = await decide(parse_authz(raw, response))
             except web.HTTPRequestEntityTooLarge:
-                answer = AuthzAnswer(False, "ds01: request too large for the AuthZ plugin")
-            except BadPluginRequest as exc:
-                answer = AuthzAnswer(False, f"ds01: unreadable AuthZ request ({exc})")
+                answer = TOO_LARGE
             except Exception:
-                log.exception("AuthZ handler failed; denying")
-                answer = AuthzAnswer(
-                    False, "ds01: internal error while deciding; denied (see ds01d log)"
-                )
+                log.exception("AuthZ request unreadable; denying")
+                answer = AuthzAnswer(False, "ds01: unreadable AuthZ request")
+            else:
+                answer = await answer_call(decide, raw, response)
             if observe is not None:
                 observe(time.perf_counter() - started)
-            body = _ALLOW_BODY if answer == _ALLOW else json.dumps(answer.to_json()).encode()
-            return web.Response(body=body, content_type="application/json")
+            return web.Response(body=answer_body(answer), content_type="application/json")
 
         return handle
 

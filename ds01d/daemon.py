@@ -19,7 +19,7 @@ from aiohttp import web
 
 from allocator.inventory import InventoryError
 from allocator.ledger import Ledger
-from authz_plugin.authz import plugin_app
+from authz_plugin.server import PluginServer
 from ds01d.docker_client import DockerClient, socket_path, stop_container
 from ds01d.events import EventWatcher
 from ds01d.gpus import GpuBroker
@@ -168,22 +168,6 @@ def gateway_limits(args: argparse.Namespace) -> gl.GatewayLimits:
     )
 
 
-async def serve_unix(app: web.Application, path: str, mode: int = 0o660) -> web.AppRunner:
-    """Serve ``app`` on a unix socket created with the right mode from the start."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    old = os.umask(0o777 & ~mode)  # never briefly more open than `mode`
-    try:
-        await web.UnixSite(runner, path).start()
-    finally:
-        os.umask(old)
-    os.chmod(path, mode)
-    return runner
-
-
 class Daemon:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -250,6 +234,7 @@ class Daemon:
             limits_for=self._limits_for,
         )
         self.runners: list[web.AppRunner] = []
+        self.plugin: PluginServer | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.gateway: Gateway | None = None
 
@@ -318,8 +303,14 @@ class Daemon:
 
     async def start(self) -> None:
         timed = self.recorder.timed_authz
-        app = plugin_app(timed(self.service.authz_request), timed(self.service.authz_response))
-        self.runners.append(await serve_unix(app, self.args.plugin_socket, 0o660))
+        # The response phase only finishes a ticket (by its header): dockerd's answer, in
+        # ResponseBody, is neither decoded nor read.
+        self.plugin = PluginServer(
+            timed(self.service.authz_request),
+            timed(self.service.authz_response),
+            response_body=False,
+        )
+        await self.plugin.start(self.args.plugin_socket, 0o660)
         log.info("AuthZ plugin listening on %s", self.args.plugin_socket)
         if self.args.gateway_socket:
             from ds01d.gateway_handler import GatewayHandler
@@ -369,6 +360,8 @@ class Daemon:
         await self.lifecycle.drain()  # stops and removals already under way finish
         if self.gateway is not None:
             await self.gateway.stop()
+        if self.plugin is not None:
+            await self.plugin.cleanup()
         for runner in self.runners:
             await runner.cleanup()
         await self.docker.close()

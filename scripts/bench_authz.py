@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from authz_plugin.authz import plugin_app
+from authz_plugin.server import PluginServer
 from ds01d.docker_client import DockerClient
 from ds01d.policy_store import PolicyStore
 from ds01d.service import Service
@@ -104,13 +104,15 @@ def serve(name: str, sock: str, tickets_from: list[bytes] | None = None) -> None
     """Child process: one plugin on its own core budget, like a real daemon."""
 
     async def run() -> None:
-        if name == "ds01":
-            app = plugin_app(SERVICE.authz_request, SERVICE.authz_response)
+        if name == "ds01":  # as ds01d serves it (ds01d.daemon)
+            server = PluginServer(
+                SERVICE.authz_request, SERVICE.authz_response, response_body=False
+            )
+            await server.start(sock)
         else:
-            app = allow_all_app()
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.UnixSite(runner, sock).start()
+            runner = web.AppRunner(allow_all_app(), access_log=None)
+            await runner.setup()
+            await web.UnixSite(runner, sock).start()
         await asyncio.Event().wait()
 
     asyncio.run(run())
