@@ -72,8 +72,12 @@ def _check_binding(
 
 
 def _lowest_port(text: str) -> int | None:
-    """The lowest port of ``8080`` or ``8000-8010``; None for "any free port" (empty or 0)."""
-    first = text.split("-", 1)[0].strip()
+    """The lowest port of ``8080`` or ``8000-8010``; None for "any free port" (empty or 0).
+
+    Only a lone 0 means "any free port"; a range from 0 (``0-1023``) is a range whose lowest
+    port is 0, and dockerd would hand out ports from all of it."""
+    first, dash, _ = text.partition("-")
+    first = first.strip()
     if not first:
         return None
     if not first.isdigit():
@@ -81,7 +85,7 @@ def _lowest_port(text: str) -> int | None:
             deny("bad_body", f"host port {text!r} is not a number", "use -p HOSTPORT:PORT", 400)
         )
     value = int(first)
-    return None if value == 0 else value
+    return None if value == 0 and not dash else value
 
 
 def _is_loopback(text: str) -> bool:

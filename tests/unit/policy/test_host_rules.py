@@ -382,6 +382,18 @@ PORT_ROWS = [
         "services. To fix: publish on a port from 1024 up, e.g. -p 127.0.0.1:8080:80",
     ),
     (
+        "range_from_zero",  # a lone 0 is "any free port"; a range from 0 starts at 0
+        {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "0-1023"}]},
+        "ds01: publishing host port 0-1023 is not allowed: ports below 1024 are for system "
+        "services. To fix: publish on a port from 1024 up, e.g. -p 127.0.0.1:8080:80",
+    ),
+    (
+        "range_from_double_zero",
+        {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "00-80"}]},
+        "ds01: publishing host port 00-80 is not allowed: ports below 1024 are for system "
+        "services. To fix: publish on a port from 1024 up, e.g. -p 127.0.0.1:8080:80",
+    ),
+    (
         "public_address",
         {"8888/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8888"}]},
         "ds01: publishing on host address 0.0.0.0 is not allowed for group students (only "
