@@ -310,6 +310,31 @@ def _namespace_refusal(name: str, user: str, state: State) -> Decision | None:
     )
 
 
+# Plain names the tools write for a user, which no public image can have: the Dev Containers
+# CLI's ``vsc-<folder>-<hash>`` and Compose v1's ``<project>_<service>`` (official images use
+# no underscore).
+_TOOL_NAME = re.compile(r"^docker\.io/library/(?:vsc-[a-z0-9._-]+|[a-z0-9.-]*_[a-z0-9._-]*)$")
+
+
+def _outside_namespace_refusal(tag: str, user: str) -> Decision | None:
+    """A user writes names in their own namespace (or a tool's plain name) only.
+
+    dockerd resolves a build's ``FROM python:3.11`` and a ``docker run python:3.11`` from its
+    local images first: a student's image tagged ``python:3.11`` before anyone pulled it would
+    be what every other user's build and run then use, as them.
+    """
+    name = tag.rsplit(":", 1)[0]
+    if namespace_of(name) == user or _TOOL_NAME.match(name):
+        return None
+    shown = familiar(tag)
+    return deny(
+        "image_namespace_required",
+        f"the image name {shown} is outside your namespace {user}/: a plain or public-looking "
+        "name could stand in for a public image that other users' builds and runs would use",
+        f"name it {suggest(tag, user)} (Compose: set image: {user}/NAME in the compose file)",
+    )
+
+
 def _tag_write_refusal(tag: str, user: str, owners: Owners, state: State) -> Decision | None:
     owner = owners.tags.get(tag)
     if owner == user:
@@ -327,7 +352,7 @@ def _tag_write_refusal(tag: str, user: str, owners: Owners, state: State) -> Dec
             f"the image name {shown} is a shared image; only an admin can replace it",
             fix,
         )
-    return None
+    return _outside_namespace_refusal(tag, user)
 
 
 def tag_writes(route: Route) -> list[str]:

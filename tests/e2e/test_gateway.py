@@ -191,7 +191,7 @@ def test_build_with_a_context(clean):
             "build",
             "-q",
             "-t",
-            "e2e-built:1",
+            f"{ALICE}/built:1",
             ctx,
         ],
         capture_output=True,
@@ -200,9 +200,9 @@ def test_build_with_a_context(clean):
     )
     assert result.returncode == 0, result.stderr
     assert (
-        ok(clean.docker("run", "--rm", "e2e-built:1", "wc", "-c", "/data.txt", user=ALICE)).split()[
-            0
-        ]
+        ok(
+            clean.docker("run", "--rm", f"{ALICE}/built:1", "wc", "-c", "/data.txt", user=ALICE)
+        ).split()[0]
         == "2000000"
     )
 
@@ -389,8 +389,8 @@ def test_save_load_and_export_stream_through(clean, tmp_path):
     """`docker save | docker load` and `docker export` relay their tar streams."""
     home = f"/home/{ALICE}"
     ok(clean.docker("save", "-o", f"{home}/img.tar", IMAGE, user=ALICE))
-    ok(clean.docker("tag", IMAGE, "e2e-loaded:1", user=ALICE))
-    ok(clean.docker("rmi", "e2e-loaded:1", user=ALICE))
+    ok(clean.docker("tag", IMAGE, f"{ALICE}/loaded:1", user=ALICE))
+    ok(clean.docker("rmi", f"{ALICE}/loaded:1", user=ALICE))
     # docker load is for admins (the names it writes are inside the tar): dana loads
     ok(clean.docker("save", "-o", f"/home/{DANA}/img.tar", IMAGE, user=DANA))
     assert "Loaded image" in ok(clean.docker("load", "-i", f"/home/{DANA}/img.tar", user=DANA))

@@ -118,8 +118,10 @@ def test_bob_sees_his_own_and_shared_images_and_removes_his_own(clean):
     ok(docker("rmi", mine, user=BOB))
     # bob's namespace stays his, even while nothing is in it
     refused(docker("tag", IMAGE, mine, user=ALICE), f"is in {BOB}'s namespace")
-    # a name outside every user's namespace is free again once its owner removed it
-    loose = f"lab-tool-{uuid.uuid4().hex[:6]}:1"
+    # a plain name (allowed in Compose v1's project_service form) is free again once its
+    # owner removed it; a public-looking plain name is refused outright
+    refused(docker("tag", IMAGE, "lab-tool:1", user=BOB), "is outside your namespace")
+    loose = f"lab_tool_{uuid.uuid4().hex[:6]}:1"
     ok(docker("tag", IMAGE, loose, user=BOB))
     refused(docker("tag", IMAGE, loose, user=ALICE), "belongs to another user")
     ok(docker("rmi", loose, user=BOB))

@@ -333,11 +333,6 @@ def _stored_low_port(stack: Ds01Stack, cid: str) -> list[str]:
     return low
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: HostPort '0-1023' (a range starting at 0) is taken as 'any free port'; "
-    "dockerd allocates from the range, so a second such container gets a port below 1024",
-)
 @pytest.mark.parametrize("spec", ["127.0.0.1:0-1023:80", "127.0.0.1:00-80:80"])
 def test_a_port_range_from_zero_is_refused(clean_rt, spec):
     result = clean_rt.docker("create", "-p", spec, IMAGE, "true", user=RT)
@@ -631,12 +626,6 @@ def contexts() -> Iterator[tuple[Path, Path]]:
     yield mal, victim
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: a student may tag/build over a public name nobody has pulled yet "
-    "(python:3.11); another user's `docker build` FROM that name then builds on the student's "
-    "image (their RUN steps and CMD), which that user runs with their home mounted",
-)
 def test_a_squatted_public_name_is_not_used_by_another_users_build(clean_rt, contexts):
     mal_ctx, alice_ctx = contexts
     name = f"rt-python{uuid.uuid4().hex[:6]}:3.11"
@@ -654,11 +643,6 @@ def test_a_squatted_public_name_is_not_used_by_another_users_build(clean_rt, con
         direct_ok(clean_rt, "rmi", "-f", name, alice_tag)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: a student's `docker tag` over an unpulled public name (busybox:1.99) makes "
-    "everyone else's `docker pull` of that name refused by DS01 (lab-wide squat)",
-)
 def test_a_squatted_public_name_does_not_block_others_pulls(clean_rt, rt_image):
     name = f"rt-squat{uuid.uuid4().hex[:6]}"
     try:

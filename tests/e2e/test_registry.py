@@ -48,7 +48,7 @@ def registry(tmp_path):
 
 def test_push_and_pull_stream_their_progress(clean, registry):
     """A user tags, pushes, removes and pulls an image; progress streams back through the gateway."""
-    name = f"{registry}/e2e/busybox:1"
+    name = f"{registry}/{ALICE}/busybox:1"  # a user writes names in their own namespace
     docker = clean.docker
     assert docker("tag", IMAGE, name, user=ALICE).returncode == 0
     push = docker("push", name, user=ALICE, timeout=120)

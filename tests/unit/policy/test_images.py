@@ -322,7 +322,28 @@ NAMESPACE_ROWS = [
         _namespaced("localhost:5000/alice/x", "bob"),
     ),
     ("own_namespace", ALICE, "POST", "/images/busybox/tag?repo=alice/new&tag=1", None),
-    ("not_a_user", BOB, "POST", "/images/busybox/tag?repo=carol/new&tag=1", None),
+    (
+        "not_a_user",  # carol is no user, but carol/new is still outside bob's namespace
+        BOB,
+        "POST",
+        "/images/busybox/tag?repo=carol/new&tag=1",
+        "ds01: the image name carol/new:1 is outside your namespace bob/: a plain or "
+        "public-looking name could stand in for a public image that other users' builds and "
+        "runs would use. To fix: name it bob/new:1 (Compose: set image: bob/NAME in the "
+        "compose file)",
+    ),
+    ("compose_v1_name", BOB, "POST", "/images/busybox/tag?repo=proj_web&tag=latest", None),
+    ("devcontainer_name", BOB, "POST", "/build?t=vsc-proj-0123abcd", None),
+    (
+        "public_name_nobody_pulled",
+        BOB,
+        "POST",
+        "/build?t=python:3.11",
+        "ds01: the image name python:3.11 is outside your namespace bob/: a plain or "
+        "public-looking name could stand in for a public image that other users' builds and "
+        "runs would use. To fix: name it bob/python:3.11 (Compose: set image: bob/NAME in the "
+        "compose file)",
+    ),
     ("official_image_pull", BOB, "POST", "/images/create?fromImage=ubuntu&tag=22.04", None),
 ]
 
