@@ -463,6 +463,10 @@ def _network_object(
         container = state.related.get(f"container:{body.get('Container')}")
         if container is None or container.owner != identity.user:
             return not_found("container", str(body.get("Container")))
+        if container.id and body.get("Container") != container.id:
+            # Named by the full ID that was checked: dockerd would resolve a name again.
+            body["Container"] = container.id
+            return allow(body=body, changes=(f"Container={container.id}",))
     return allow()
 
 

@@ -197,13 +197,6 @@ def test_name_race_never_reaches_alices_container(race):
     assert alice_id not in parents
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: POST /networks/{id}/connect (and /disconnect) checks the body's Container "
-    "reference but forwards it as sent, not as the full ID checked (policy/engine.py "
-    "_network_object returns allow() with no rewritten body): dockerd resolves the name again "
-    "and, mid-rename, connects alice's container to bob's network",
-)
 def test_name_race_network_connect_never_reaches_alices_container(race):
     """``docker network connect NET <flipping name>``: alice's container joins no network."""
     stack, alice_id, bob_id, source = race

@@ -231,3 +231,18 @@ def test_other_users_container_still_looks_missing(limits_of):
     )
     assert decision.message == "No such container: web"
     assert json.dumps(decision.params) == "null"
+
+
+@pytest.mark.parametrize("action", ["connect", "disconnect"])
+def test_network_connect_names_the_checked_container_by_full_id(action, limits_of):
+    """network connect/disconnect reach dockerd with the container's full ID, not the name."""
+    mine = ObjectFacts(kind="network", id=NET, owner="alice", name="mynet")
+    body = json.dumps({"Container": "web"}).encode()
+    request = Request(
+        "POST", f"/v1.41/networks/mynet/{action}", {"Content-Type": "application/json"}, body
+    )
+    state = State(target=mine, related={"container:web": container("alice")})
+    decision = decide(request, ALICE, limits_of(ALICE), state)
+    assert decision.allowed, decision.message
+    assert decision.body == {"Container": FULL}
+    assert decision.params == {"id": NET}
