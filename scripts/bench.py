@@ -137,7 +137,7 @@ def bench_raw(stack: Ds01Stack, plain: PrivateDockerd, noop: PrivateDockerd) -> 
     try:
         print(f"GET {target.decode()} on a kept-alive connection (median of {rounds} rounds):")
         a, b = interleave(clients["ds01"], clients["plain"], rounds)
-        line("dockerd with ds01 plugin / without", a, b, "<= 1.10 of the CLI's figure")
+        line("dockerd with ds01 plugin / without", a, b, "context: the CLI figure is the goal")
         a, b = interleave(clients["noop"], clients["plain"], rounds)
         line("dockerd with a do-nothing plugin / without", a, b, "reference")
         a, b = interleave(clients["gateway"], clients["ds01"], rounds)
