@@ -1,6 +1,6 @@
 """One forwarded request and its answer: the request to dockerd, the response to the client.
 
-An ``Exchange`` sends the handler's request (re-serialised by h11, its framing set here) on
+An ``Exchange`` sends the handler's request (written by ``wire.py``, its framing set here) on
 the client's dockerd connection, streams a body still coming from the client, then relays
 dockerd's answer (``relay.py``), shows it whole to the handler first when asked, or turns
 the connection into a raw two-way pipe for hijacked attach/exec streams. It sees its client
@@ -28,6 +28,7 @@ from gateway.framing import (
 from gateway.relay import read_whole, relay_chunked, relay_length, relay_until_close
 from gateway.types import Forward
 from gateway.upstream import Upstream, UpstreamGone
+from gateway.wire import BadHead, ResponseHead, parse_response_head, proposes_upgrade, request_head
 
 _MAX_RESPONSE_HEAD = 64 * 1024
 
@@ -87,17 +88,14 @@ class Exchange:
         ok = False
         conn = self.conn
         try:
+            headers = self._upstream_headers()
             try:
-                request = h11.Request(
-                    method=self.fwd.head.method.encode("ascii"),
-                    target=self.fwd.head.target.encode("ascii"),
-                    headers=self._upstream_headers(),
-                )
-            except (h11.LocalProtocolError, UnicodeError) as exc:
+                request = request_head(self.fwd.head.method, self.fwd.head.target, headers)
+            except BadHead as exc:
                 conn.log.error("gateway: handler produced an invalid request: %s", exc)
                 await conn.fail(500, "ds01: internal error in the gateway; request not forwarded")
                 return False
-            got = await self._send_and_read_head(request)
+            got = await self._send_and_read_head(request, proposes_upgrade(headers))
             if got is None:
                 return False
             up, response, rest = got
@@ -158,9 +156,12 @@ class Exchange:
         return out
 
     async def _send_and_read_head(
-        self, request: h11.Request
-    ) -> tuple[Upstream, h11.Response | h11.InformationalResponse, bytes] | None:
-        """Send the request; return the response head, or None after answering 502."""
+        self, request: bytes, upgrade: bool
+    ) -> tuple[Upstream, ResponseHead, bytes] | None:
+        """Send the request head; return the response head, or None after answering 502.
+
+        ``upgrade``: the request asks for a protocol switch, so dockerd may answer 101.
+        """
         conn = self.conn
         for attempt in (1, 2):
             try:
@@ -168,9 +169,8 @@ class Exchange:
             except OSError as exc:
                 await self._bad_gateway(UNREACHABLE.format(reason=exc.strerror or exc))
                 return None
-            hc = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_RESPONSE_HEAD)
             try:
-                up.writer.write((hc.send(request) or b"") + (self.send_body or b""))
+                up.writer.write(request + self.send_body if self.send_body else request)
                 if self.streaming:
                     if self.pump is None:
                         conn.send_continue(self.parser)
@@ -178,7 +178,7 @@ class Exchange:
                 else:
                     conn.watch_soon()
                 await up.drain()
-                response, rest = await self._read_head(up, hc)
+                response, rest = await self._read_head(up, upgrade)
                 return up, response, rest
             except UpstreamGone as exc:
                 conn.upstream.drop()
@@ -194,27 +194,35 @@ class Exchange:
         await self.conn.stop_helpers()
         await self.conn.fail(502, message, head_only=self.method == b"HEAD")
 
-    async def _read_head(
-        self, up: Upstream, hc: h11.Connection
-    ) -> tuple[h11.Response | h11.InformationalResponse, bytes]:
+    async def _read_head(self, up: Upstream, upgrade: bool) -> tuple[ResponseHead, bytes]:
+        """dockerd's final response head and the bytes after it; 1xx heads are passed on."""
+        buf = b""
         received = False
         while True:
             try:
-                event = hc.next_event()
-            except h11.RemoteProtocolError as exc:
+                got = parse_response_head(buf, _MAX_RESPONSE_HEAD)
+                if got is not None and got[0].status_code == 101 and not upgrade:
+                    raise BadHead("101 to a request that asked for no upgrade")
+            except BadHead as exc:
                 raise UpstreamGone(f"invalid response: {exc}", received=True) from exc
-            if event is h11.NEED_DATA:
+            if got is None:
                 data = await up.read()
-                received = received or bool(data)
-                hc.receive_data(data)
-                continue
-            if isinstance(event, h11.InformationalResponse) and event.status_code != 101:
-                if not self.client_10:  # HTTP/1.0 clients must not see 1xx
-                    self.conn.send_head(event.status_code, event.reason, event.headers.raw_items())
-                continue
-            if isinstance(event, (h11.Response, h11.InformationalResponse)):
-                return event, hc.trailing_data[0]
-            raise UpstreamGone("closed the connection before answering", received=received)
+                if data:
+                    buf += data
+                    received = True
+                    continue
+                if buf:
+                    raise UpstreamGone("invalid response: closed in the middle of its head")
+                # Nothing received lets a request on a reused idle connection be retried.
+                raise UpstreamGone("closed the connection before answering", received=received)
+            response, end = got
+            buf = buf[end:]
+            if response.status_code >= 200 or response.status_code == 101:
+                return response, buf
+            if not self.client_10:  # HTTP/1.0 clients must not see 1xx
+                self.conn.send_head(
+                    response.status_code, response.reason, response.headers.raw_items()
+                )
 
     async def _pump(self, up: Upstream) -> bool:
         """Stream the client's body to dockerd as it arrives; False if dockerd stopped reading.
@@ -264,9 +272,7 @@ class Exchange:
         conn.watch()
         return True
 
-    async def _relay(
-        self, up: Upstream, response: h11.Response | h11.InformationalResponse, rest: bytes
-    ) -> bool:
+    async def _relay(self, up: Upstream, response: ResponseHead, rest: bytes) -> bool:
         """Relay a framed response as it arrives; True once the client has all of it."""
         conn, fwd = self.conn, self.fwd
         status = response.status_code
@@ -316,7 +322,7 @@ class Exchange:
     async def _answer_via_handler(
         self,
         up: Upstream,
-        response: h11.Response | h11.InformationalResponse,
+        response: ResponseHead,
         headers: list[tuple[bytes, bytes]],
         rest: bytes,
         framing: tuple[int, int],
@@ -356,9 +362,7 @@ class Exchange:
         conn.send_head(response.status_code, response.reason, headers, body if dechunk else raw)
         return True
 
-    async def _hijacked(
-        self, up: Upstream, response: h11.Response | h11.InformationalResponse, rest: bytes
-    ) -> bool:
+    async def _hijacked(self, up: Upstream, response: ResponseHead, rest: bytes) -> bool:
         """Relay the head, then pipe raw bytes both ways until dockerd closes its side."""
         conn = self.conn
         self.keep_client = self.reuse_up = False

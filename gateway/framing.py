@@ -134,6 +134,16 @@ class Headers(Protocol):
     def raw_items(self) -> list[tuple[bytes, bytes]]: ...
 
 
+class ResponseLike(Protocol):
+    """A response head: h11's, or the gateway's own (``wire.ResponseHead``)."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Headers: ...
+
+
 def _lowered(headers: Headers) -> list[tuple[bytes, bytes]]:
     # Iterating h11's Headers goes through the generic Sequence protocol, an item at a time;
     # raw_items() is one list. Header names compare lower-cased, as h11 normalises them.
@@ -156,16 +166,14 @@ def request_framing(request: h11.Request) -> tuple[bool, int | None, str | None]
     return chunked, length, None
 
 
-def response_framing(
-    method: bytes, response: h11.Response | h11.InformationalResponse
-) -> tuple[int, int]:
+def response_framing(method: bytes, response: ResponseLike) -> tuple[int, int]:
     """(NO_BODY, LENGTH, CHUNKED or UNTIL_CLOSE, content length) of a response."""
     if method == b"HEAD" or response.status_code in (204, 304) or response.status_code < 200:
         return NO_BODY, 0
     length: int | None = None
     for name, value in _lowered(response.headers):
         if name == b"transfer-encoding":
-            return CHUNKED, 0  # h11 admits no coding but chunked
+            return CHUNKED, 0  # the head parser admits no coding but chunked
         if name == b"content-length":
             length = int(value)
     if length is not None:
@@ -181,7 +189,7 @@ def has_token(headers: Headers, token: bytes) -> bool:
     return False
 
 
-def is_docker_stream(response: h11.Response | h11.InformationalResponse) -> bool:
+def is_docker_stream(response: ResponseLike) -> bool:
     """True for dockerd's raw or multiplexed stream content types."""
     # dockerd hijacks attach/exec without an Upgrade header too, and then answers with one of
     # its stream content types and no framing at all.
