@@ -200,7 +200,7 @@ class Exchange:
         received = False
         while True:
             try:
-                got = parse_response_head(buf, _MAX_RESPONSE_HEAD)
+                got = parse_response_head(buf, _MAX_RESPONSE_HEAD) if buf else None
                 if got is not None and got[0].status_code == 101 and not upgrade:
                     raise BadHead("101 to a request that asked for no upgrade")
             except BadHead as exc:
