@@ -46,8 +46,29 @@ def refuse(code: str, reason: str, fix: str) -> Denied:
     return Denied(deny(code, reason, fix))
 
 
+# Resource limits that let an unprivileged process escape the CFS caps: real-time scheduling
+# (SCHED_FIFO/RR up to RLIMIT_RTPRIO) is not bounded by --cpus and can starve the host.
+_FORBIDDEN_ULIMITS = {"rtprio", "rttime"}
+
+
+def check_ulimits(host: dict[str, Any], limits: Limits) -> None:
+    """Refuse ``--ulimit`` entries that would lift a container past the CPU caps."""
+    for entry in host.get("Ulimits") or []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("Name"), str):
+            raise Denied(deny("bad_body", "an --ulimit entry is not {Name, Soft, Hard}", "", 400))
+        name = entry["Name"].strip().lower()
+        if name in _FORBIDDEN_ULIMITS and (entry.get("Soft") or entry.get("Hard")):
+            raise refuse(
+                "ulimit",
+                f"--ulimit {name} is not allowed for {limits.who()}: real-time scheduling is "
+                "not bounded by the CPU limits and could starve other users",
+                f"drop --ulimit {name}",
+            )
+
+
 def check_scheduler_fields(host: dict[str, Any], limits: Limits) -> None:
     """Refuse scheduler values that could lift a container past the policy's caps."""
+    check_ulimits(host, limits)
     for key, flag in _FORBIDDEN_NONZERO.items():
         if host.get(key):
             raise refuse(key.lower(), f"{flag} is not allowed for {limits.who()}", f"drop {flag}")

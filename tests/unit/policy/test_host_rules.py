@@ -524,6 +524,23 @@ SCHEDULER_ROWS = [
         "at or below 16g",
     ),
     (
+        "ulimit_rtprio",
+        {"Ulimits": [{"Name": "rtprio", "Soft": 99, "Hard": 99}]},
+        "ds01: --ulimit rtprio is not allowed for group students: real-time scheduling is not "
+        "bounded by the CPU limits and could starve other users. To fix: drop --ulimit rtprio",
+    ),
+    (
+        "ulimit_rttime_case",
+        {"Ulimits": [{"Name": "RTTIME", "Soft": -1, "Hard": -1}]},
+        "ds01: --ulimit rttime is not allowed for group students: real-time scheduling is not "
+        "bounded by the CPU limits and could starve other users. To fix: drop --ulimit rttime",
+    ),
+    (
+        "ulimit_not_an_object",
+        {"Ulimits": ["rtprio=99"]},
+        "ds01: an --ulimit entry is not {Name, Soft, Hard}",
+    ),
+    (
         "blkio_out_of_range",
         {"BlkioWeight": 5},
         "ds01: --blkio-weight 5 is out of range. To fix: use 10 to 1000",
@@ -640,3 +657,9 @@ def test_inherited_bind_counts_as_a_host_folder_at_create(limits_of):
     plain = decide(create_request(cli_create_body(VolumesFrom=["first"])), ALICE,
                    limits_of(ALICE), state)  # fmt: skip
     assert plain.allowed and plain.body["HostConfig"]["VolumesFrom"] == ["a" * 64]
+
+
+def test_ordinary_ulimits_pass(limits_of):
+    """nofile and friends stay as asked: they cannot lift the container past its cgroup."""
+    ulimits = [{"Name": "nofile", "Soft": 65536, "Hard": 65536}, {"Name": "rtprio", "Soft": 0}]
+    assert _create(limits_of, Ulimits=ulimits).allowed
