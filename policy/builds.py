@@ -91,6 +91,7 @@ def decide_build(route: Route, identity: Identity, limits: Limits, state: State)
                 multi = name in ("t", "extrahosts", "securityopt")
                 query[name] = list(route.query[name]) if multi else [route.q(name)]
         return allow(query=query, changes=tuple(changes))
+    _remote(route)
     _tags(route, query)
     _labels(route, query, changes)
     _outputs(route, query)
@@ -106,6 +107,24 @@ def decide_build(route: Route, identity: Identity, limits: Limits, state: State)
     if refusal is not None:
         return refusal
     return allow(query=query, changes=tuple(changes))
+
+
+# BuildKit's marker for "the context comes from the client's own session".
+CLIENT_SESSION = "client-session"
+
+
+def _remote(route: Route) -> None:
+    """A remote context (a URL or git repository) is fetched by dockerd as root: with root's
+    git configuration, credentials and SSH keys it could read what the user cannot."""
+    remote = route.q("remote")
+    if remote in ("", CLIENT_SESSION):
+        return
+    raise refuse(
+        "build_remote",
+        "building from a remote context (a URL or git repository) is not allowed: dockerd "
+        "would fetch it as root, with root's credentials",
+        "fetch it yourself (git clone URL dir, or curl), then docker build dir",
+    )
 
 
 def _tags(route: Route, query: dict[str, list[str]]) -> None:

@@ -198,6 +198,27 @@ REFUSALS = [
         "type=local,dest=DIR or type=tar, or build an image",
     ),
     ("bad_version", "version=3", "ds01: unknown builder version '3'. To fix: use docker build"),
+    (
+        "remote_git_ssh",  # cloned with root's SSH keys
+        "remote=git%40internal.example%3Asecret%2Frepo.git",
+        "ds01: building from a remote context (a URL or git repository) is not allowed: "
+        "dockerd would fetch it as root, with root's credentials. To fix: fetch it yourself "
+        "(git clone URL dir, or curl), then docker build dir",
+    ),
+    (
+        "remote_https_git",
+        "remote=https%3A%2F%2Fgit.example%2Frepo.git%23main",
+        "ds01: building from a remote context (a URL or git repository) is not allowed: "
+        "dockerd would fetch it as root, with root's credentials. To fix: fetch it yourself "
+        "(git clone URL dir, or curl), then docker build dir",
+    ),
+    (
+        "remote_url",
+        "remote=http%3A%2F%2F127.0.0.1%3A9401%2Fctx.tar",
+        "ds01: building from a remote context (a URL or git repository) is not allowed: "
+        "dockerd would fetch it as root, with root's credentials. To fix: fetch it yourself "
+        "(git clone URL dir, or curl), then docker build dir",
+    ),
 ]
 
 
