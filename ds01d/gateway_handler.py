@@ -109,7 +109,7 @@ class GatewayHandler:
         # Parsed once here; the service, the engine and the saga all use this one value.
         parsed = parse_request(Request(head.method, head.target, _header_map(headers), body))
         verdict = await self.service.decide(parsed, identity, "gateway")
-        decision, limits = verdict.decision, verdict.limits
+        decision = verdict.decision
         if not decision.allowed:
             return deny_reply(decision)
         route = parsed.route
@@ -131,6 +131,31 @@ class GatewayHandler:
             answer_limit = MAX_CREATE_ANSWER
         elif decision.body is not None:
             new_body = dumps_canonical(decision.body)
+        try:
+            return await self._forward(
+                verdict, identity, head, headers, target, new_body, on_response, on_close,
+                answer_limit,
+            )  # fmt: skip
+        except BaseException:
+            if on_close is not None:  # never leak what the saga reserved
+                on_close(False)
+            raise
+
+    async def _forward(
+        self,
+        verdict: Verdict,
+        identity: Identity,
+        head: RequestHead,
+        headers: tuple[tuple[str, str], ...],
+        target: str,
+        new_body: bytes | None,
+        on_response: Callable[[int, bytes], Reply | None] | None,
+        on_close: Callable[[bool], None] | None,
+        answer_limit: int,
+    ) -> Forward:
+        """The Forward for an approved request: answer screens, a ticket, its headers."""
+        route, limits = verdict.parsed.route, verdict.limits
+        assert route is not None
         image_screen = answer_screen(self.service.image_owners, route, identity, limits)
         if image_screen is not None:  # image lists filtered, image owners recorded
             on_response, answer_limit = _image_answer(image_screen), MAX_SCREENED_ANSWER

@@ -296,3 +296,33 @@ async def test_an_internal_error_keeps_its_cause_in_the_log_only(tmp_path, monke
     [(event, fields)] = recorder.events
     assert event == "decision_detail" and "the cause" in fields["detail"]
     await service.docker.close()
+
+
+async def test_a_failure_after_the_reservation_rolls_it_back(tmp_path, monkeypatch):
+    """Something failing between the saga's reservation and the forward (issuing the ticket)
+    leaves no device reserved: the handler closes the saga as failed, then denies."""
+    from gateway.types import Client, PeerCred, RequestHead
+
+    recorder = FakeRecorder()
+    service = _service(tmp_path, recorder)
+    broker = FakeBroker()
+    service.gpus = broker
+    parsed = parse_request(Request("POST", "/v1.41/containers/create", body=b"{}"))
+    decision = allow(body={"Image": "busybox"}, gpu_request=GpuRequest(count=1))
+    verdict = Verdict(parsed, decision, service.policy.limits(ALICE), State(), 0.0, False)
+
+    async def decided(*args: Any) -> Verdict:
+        return verdict
+
+    def no_ticket(*args: Any, **kwargs: Any) -> str:
+        raise RuntimeError("the ticket store is broken")
+
+    monkeypatch.setattr(service, "decide", decided)
+    monkeypatch.setattr(service.tickets, "issue", no_ticket)
+    client = Client(PeerCred(1, 1001, 1001))
+    client.context = ALICE
+    head = RequestHead("POST", "/v1.41/containers/create", (("Host", "docker"),))
+    reply = await GatewayHandler(service).decide(client, head, b'{"Image":"busybox"}')
+    assert getattr(reply, "status", None) == 403
+    assert broker.reserved == set() and broker.bound == {}
+    await service.docker.close()
