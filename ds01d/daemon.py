@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import pwd
 import signal
 import sys
 import time
@@ -26,7 +25,7 @@ from ds01d.gpus import GpuBroker
 from ds01d.host.cgroups import CgroupfsManager, SystemdSliceManager, UserCgroups
 from ds01d.host.dcgm_mapping import JobMappingDir
 from ds01d.host.nvml import load_inventory
-from ds01d.identities import identity_for_uid, is_unix_user
+from ds01d.identities import is_unix_user
 from ds01d.image_owners import FILE_NAME as IMAGE_OWNERS_FILE
 from ds01d.image_owners import ImageOwners
 from ds01d.lifecycle.loop import Lifecycle
@@ -39,7 +38,6 @@ from ds01d.service import Service
 from gateway import limits as gl
 from policy.build_cgroup import dockerd_cgroup_parent
 from policy.gpu_audiences import gpu_audiences
-from policy.identity import Identity
 from policy.lifecycle import effective, kind_of, settings_from_policy
 from policy.limits import Limits, build_cap
 from policy.loader import PolicyError
@@ -266,13 +264,7 @@ class Daemon:
 
     def _limits_for(self, user: str, uid: int | None) -> Limits:
         """The limits of a user known by name (and uid, from container labels)."""
-        try:
-            entry = pwd.getpwuid(uid) if uid is not None else pwd.getpwnam(user)
-        except KeyError:
-            return self.policy.limits(Identity(uid=uid, user=user))
-        if entry.pw_name != user:  # the uid was reused: trust the recorded name
-            return self.policy.limits(Identity(uid=uid, user=user))
-        return self.policy.limits(identity_for_uid(entry.pw_uid))
+        return self.policy.limits_for_user(user, uid)
 
     def _gpu_hold_after_stop(
         self, user: str, uid: int | None, labels: dict[str, str]

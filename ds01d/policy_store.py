@@ -84,13 +84,16 @@ class PolicyStore:
             limits = self._limits[identity] = resolve(self.document, identity)
         return limits
 
-    def limits_for_user(self, user: str) -> Limits:
-        """The limits of a user known only by name, as the gateway would resolve them: their
-        Unix groups (NSS) included, so ``unix_groups:`` mappings count in every admin view."""
+    def limits_for_user(self, user: str, uid: int | None = None) -> Limits:
+        """The limits of a user known by name (and uid, e.g. from container labels), as the
+        gateway would resolve them: their Unix groups (NSS) included, so ``unix_groups:``
+        mappings count in every admin view, the GPU broker and the lifecycle alike."""
         try:
-            entry = pwd.getpwnam(user)
+            entry = pwd.getpwuid(uid) if uid is not None else pwd.getpwnam(user)
         except (KeyError, ValueError):  # not a Unix user (or a name with a NUL byte)
-            return self.limits(Identity(uid=None, user=user))
+            return self.limits(Identity(uid=uid, user=user))
+        if entry.pw_name != user:  # the uid was reused: trust the recorded name
+            return self.limits(Identity(uid=uid, user=user))
         return self.limits(identity_for_uid(entry.pw_uid))
 
     @property

@@ -23,11 +23,9 @@ from typing import Any
 
 from ds01d.docker_client import DockerError, stop_container
 from ds01d.host.nvml import nvml_usage
-from ds01d.identities import identity_for_uid
 from ds01d.notify import Notifier, open_container_tmp
 from ds01d.ports import DockerApi
 from formats.labels import LABEL_USER
-from policy.identity import Identity
 from policy.lifecycle import (
     Action,
     ContainerInfo,
@@ -520,10 +518,7 @@ class Lifecycle:
             return None
 
     def _limits_for(self, user: str, uid: int | None) -> Limits:
-        identity = identity_for_uid(uid) if uid is not None else Identity(uid=None, user=user)
-        if identity.user != user:  # the uid was reused: trust the recorded name
-            identity = Identity(uid=uid, user=user)
-        limits: Limits = self.policy_store.limits(identity)
+        limits: Limits = self.policy_store.limits_for_user(user, uid)
         return limits
 
 

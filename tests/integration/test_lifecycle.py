@@ -18,7 +18,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -35,7 +34,6 @@ from ds01d.observe.metrics import Metrics, iter_samples
 from ds01d.policy_store import PolicyStore
 from policy.identity import Identity
 from policy.lifecycle import Stop, Warn
-from policy.limits import resolve
 from policy.loader import parse_policy
 from tests.conftest import require_docker
 from tests.harness import (
@@ -418,9 +416,10 @@ def exited(cid: str, user: str) -> dict[str, Any]:
 
 
 def store_of(text: str) -> Any:
-    """A stand-in PolicyStore for a fixed policy text."""
-    document = parse_policy(text)
-    return SimpleNamespace(document=document, limits=lambda identity: resolve(document, identity))
+    """A real PolicyStore holding a fixed policy text (as if loaded from a file)."""
+    store = PolicyStore(None)
+    store.document = parse_policy(text)
+    return store
 
 
 async def test_one_bad_container_does_not_stop_the_loop(tmp_path: Path) -> None:
