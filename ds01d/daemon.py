@@ -39,7 +39,7 @@ from gateway import limits as gl
 from policy.build_cgroup import dockerd_cgroup_parent
 from policy.gpu_audiences import gpu_audiences
 from policy.lifecycle import effective, kind_of, settings_from_policy
-from policy.limits import Limits, build_cap
+from policy.limits import build_cap
 from policy.loader import PolicyError
 
 if TYPE_CHECKING:  # imported where the gateway starts: only when it is enabled
@@ -189,7 +189,7 @@ class Daemon:
             log.warning("GPU inventory: %s", problem)
         self.broker = GpuBroker(
             Ledger(self.inventory),
-            limits_for=self._limits_for,
+            limits_for=self.policy.limits_for_user,
             clock=time.time,
             stop_container=self._stop_container,
         )
@@ -229,7 +229,7 @@ class Daemon:
             audit=self.audit,
             metrics=self.metrics,
             dry_run=args.dry_run,
-            limits_for=self._limits_for,
+            limits_for=self.policy.limits_for_user,
         )
         self.runners: list[web.AppRunner] = []
         self.plugin: PluginServer | None = None
@@ -259,18 +259,14 @@ class Daemon:
             # Not yet set while __init__ loads the policy the first time.
             cgroups: CgroupBackend | None = getattr(self, "cgroups", None)
             if cgroups is not None:  # new limits, containers keep running
-                cgroups.refresh(lambda user: self._limits_for(user, None))
+                cgroups.refresh(self.policy.limits_for_user)
                 cgroups.ensure_builds(build_cap(self.policy.document))
-
-    def _limits_for(self, user: str, uid: int | None) -> Limits:
-        """The limits of a user known by name (and uid, from container labels)."""
-        return self.policy.limits_for_user(user, uid)
 
     def _gpu_hold_after_stop(
         self, user: str, uid: int | None, labels: dict[str, str]
     ) -> float | None:
         settings = settings_from_policy(self.policy.document.data)
-        return effective(self._limits_for(user, uid), settings, kind_of(labels))[
+        return effective(self.policy.limits_for_user(user, uid), settings, kind_of(labels))[
             "gpu_hold_after_stop"
         ]
 
