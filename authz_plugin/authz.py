@@ -53,7 +53,9 @@ class AuthzAnswer:
         return out
 
 
-Authorizer = Callable[[AuthzRequest], Awaitable[AuthzAnswer]]
+# An authorizer answers at once when it can (most calls need no lookup), else an awaitable:
+# an answer given at once costs the plugin no task and no turn of the event loop.
+Authorizer = Callable[[AuthzRequest], AuthzAnswer | Awaitable[AuthzAnswer]]
 
 # Nearly every answer: encoded once.
 _ALLOW = AuthzAnswer(True)
@@ -130,6 +132,7 @@ def parse_authz(raw: bytes, response: bool, response_body: bool = True) -> Authz
 
 ACTIVATE_BODY = json.dumps({"Implements": ["authz"]}).encode()
 TOO_LARGE = AuthzAnswer(False, "ds01: request too large for the AuthZ plugin")
+INTERNAL_ERROR = AuthzAnswer(False, "ds01: internal error while deciding; denied (see ds01d log)")
 
 
 def answer_body(answer: AuthzAnswer) -> bytes:
@@ -137,17 +140,41 @@ def answer_body(answer: AuthzAnswer) -> bytes:
     return _ALLOW_BODY if answer == _ALLOW else json.dumps(answer.to_json()).encode()
 
 
-async def answer_call(
+def answer_now(
     decide: Authorizer, raw: bytes, response: bool, response_body: bool = True
-) -> AuthzAnswer:
-    """Decode one AuthZ call and decide it: every failure is a denial that says why."""
+) -> AuthzAnswer | Awaitable[AuthzAnswer]:
+    """Decode one AuthZ call and decide it: the answer, or an awaitable one when ``decide``
+    must look something up. Every failure is a denial that says why."""
     try:
-        return await decide(parse_authz(raw, response, response_body))
+        result = decide(parse_authz(raw, response, response_body))
     except BadPluginRequest as exc:
         return AuthzAnswer(False, f"ds01: unreadable AuthZ request ({exc})")
     except Exception:
         log.exception("AuthZ handler failed; denying")
-        return AuthzAnswer(False, "ds01: internal error while deciding; denied (see ds01d log)")
+        return INTERNAL_ERROR
+    if isinstance(result, AuthzAnswer):
+        return result
+    return _settle(result)
+
+
+async def _settle(pending: Awaitable[AuthzAnswer]) -> AuthzAnswer:
+    try:
+        return await pending
+    except Exception:
+        log.exception("AuthZ handler failed; denying")
+        return INTERNAL_ERROR
+
+
+async def settled(answer: AuthzAnswer | Awaitable[AuthzAnswer]) -> AuthzAnswer:
+    """An authorizer's answer, awaited if it was not given at once."""
+    return answer if isinstance(answer, AuthzAnswer) else await answer
+
+
+async def answer_call(
+    decide: Authorizer, raw: bytes, response: bool, response_body: bool = True
+) -> AuthzAnswer:
+    """``answer_now``, awaited."""
+    return await settled(answer_now(decide, raw, response, response_body))
 
 
 def plugin_app(

@@ -4,9 +4,10 @@ dockerd calls the plugin twice for every API request it serves, so each call's o
 paid on every ``docker`` command. This is an asyncio protocol that reads exactly what
 dockerd's Go client writes (``POST /Plugin.Activate``, ``/AuthZPlugin.AuthZReq``,
 ``/AuthZPlugin.AuthZRes`` with a JSON body, on a kept-alive connection) and answers each
-call as ``authz.answer_call`` decides. It fails closed: a request it cannot frame exactly is
-answered 400 and the connection closed (dockerd then refuses the API request); an AuthZ
-body too large, unreadable or refused by the authorizer is a denial that says why, never 500.
+call as ``authz.answer_now`` decides, at once when no lookup is needed (no task, no turn of
+the event loop). It fails closed: a request it cannot frame exactly is answered 400 and the
+connection closed (dockerd then refuses the API request); an AuthZ body too large,
+unreadable or refused by the authorizer is a denial that says why, never 500.
 """
 
 from __future__ import annotations
@@ -17,22 +18,21 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
 from authz_plugin.authz import (
     ACTIVATE_BODY,
+    INTERNAL_ERROR,
     MAX_PLUGIN_REQUEST,
     TOO_LARGE,
     Authorizer,
     AuthzAnswer,
     answer_body,
-    answer_call,
+    answer_now,
 )
-
-INTERNAL_ERROR = AuthzAnswer(False, "ds01: internal error while deciding; denied (see ds01d log)")
 
 log = logging.getLogger("ds01.authz")
 
@@ -43,6 +43,7 @@ IDLE_TIMEOUT_S = 75.0
 _CHUNK_LINE = 1024
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+_FIELD_LINES = re.compile(rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*)*")
 _DIGITS = re.compile(rb"[0-9]{1,19}")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
@@ -65,30 +66,30 @@ class Head:
 
 def parse_head(raw: bytes) -> Head:
     """One request head (without its final CRLF CRLF), strictly; BadFraming otherwise."""
-    lines = raw.split(b"\r\n")
-    parts = lines[0].split(b" ")
+    request_line, _, fields = raw.partition(b"\r\n")
+    parts = request_line.split(b" ")
     if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not parts[1].startswith(b"/"):
         raise BadFraming("bad request line")
     method, target, version = parts
     if version not in (b"HTTP/1.1", b"HTTP/1.0") or not _FIELD_VALUE.fullmatch(target):
         raise BadFraming("bad request line")
+    # Every field line checked at once (this runs on every call dockerd makes); a line that
+    # starts with whitespace (obs-fold) has no token before its colon and is refused.
+    if not _FIELD_LINES.fullmatch(raw, len(request_line)):
+        raise BadFraming("bad header line")
     length: int | None = None
     chunked = False
     close = version == b"HTTP/1.0"
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN.fullmatch(name):  # also refuses obs-fold continuation lines
-            raise BadFraming("bad header line")
-        value = value.strip(b" \t")
-        if not _FIELD_VALUE.fullmatch(value):
-            raise BadFraming("bad header value")
+    for line in fields.split(b"\r\n") if fields else ():
+        name, _, value = line.partition(b":")
         name = name.lower()
         if name == b"content-length":
+            value = value.strip(b" \t")
             if not _DIGITS.fullmatch(value) or (length is not None and int(value) != length):
                 raise BadFraming("bad Content-Length")
             length = int(value)
         elif name == b"transfer-encoding":
-            if value.lower() != b"chunked" or chunked:
+            if value.strip(b" \t").lower() != b"chunked" or chunked:
                 raise BadFraming("unsupported Transfer-Encoding")
             chunked = True
         elif name == b"connection":
@@ -177,13 +178,15 @@ class PluginProtocol(asyncio.Protocol):
         self.skip = 0  # bytes of a too-large body still to discard
         self.busy = False  # a call is being decided; later bytes wait in buf
         self.paused = False  # the client is not reading our answers
+        self.loop = asyncio.get_running_loop()
+        self.idle_since = self.loop.time()
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
         self.transport = cast(asyncio.Transport, transport)
         self.server.connections.add(self)
-        self._arm()
+        self.timer = self.loop.call_later(IDLE_TIMEOUT_S, self._check_idle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
@@ -204,11 +207,17 @@ class PluginProtocol(asyncio.Protocol):
             self.transport.pause_reading()  # pipelined bytes wait for the call being decided
         self._advance()
 
-    def _arm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(IDLE_TIMEOUT_S, self._close)
+    def _check_idle(self) -> None:
+        """Close the connection once silent for IDLE_TIMEOUT_S since its last answer.
+
+        One timer per connection, moved only when it fires: each call just notes the time.
+        """
+        idle = self.loop.time() - self.idle_since
+        if not self.busy and idle >= IDLE_TIMEOUT_S:
+            self._close()
+            return
+        wait = IDLE_TIMEOUT_S if self.busy else IDLE_TIMEOUT_S - idle
+        self.timer = self.loop.call_later(wait, self._check_idle)
 
     def _close(self) -> None:
         if self.transport is not None:
@@ -279,11 +288,12 @@ class PluginProtocol(asyncio.Protocol):
             self._reply(b"200 OK", answer_body(TOO_LARGE), head.close)
         else:
             assert isinstance(body, bytes)
+            answer = self.server.answer(*route, body)
+            if isinstance(answer, bytes):
+                self._reply(b"200 OK", answer, head.close)
+                return
             self.busy = True
-            if self.timer is not None:
-                self.timer.cancel()
-                self.timer = None
-            task = asyncio.ensure_future(self.server.call(*route, body))
+            task = asyncio.ensure_future(answer)
             task.add_done_callback(lambda t: self._decided(t, head.close))
 
     def _decided(self, task: asyncio.Future[bytes], close: bool) -> None:
@@ -308,11 +318,11 @@ class PluginProtocol(asyncio.Protocol):
             self.transport.close()
             self.transport = None
         else:
-            self._arm()
+            self.idle_since = self.loop.time()
 
 
 class PluginServer:
-    """dockerd's AuthZ plugin on a unix socket: ``authz.answer_call`` behind a lean HTTP/1.1.
+    """dockerd's AuthZ plugin on a unix socket: ``authz.answer_now`` behind a lean HTTP/1.1.
 
     ``response_body=False`` leaves AuthZRes's ResponseBody undecoded (see ``parse_authz``),
     for an ``on_response`` that never reads it.
@@ -334,13 +344,27 @@ class PluginServer:
         self.connections: set[PluginProtocol] = set()
         self.server: asyncio.AbstractServer | None = None
 
-    async def call(self, decide: Authorizer, response: bool, raw: bytes) -> bytes:
-        """One AuthZ call's answer body; every failure is a denial (``answer_call``)."""
+    def answer(self, decide: Authorizer, response: bool, raw: bytes) -> bytes | Awaitable[bytes]:
+        """One AuthZ call's answer body, at once when ``decide`` answers at once; every
+        failure is a denial (``answer_now``)."""
         started = time.perf_counter()
-        answer: AuthzAnswer = await answer_call(decide, raw, response, self.response_body)
+        answer = answer_now(decide, raw, response, self.response_body)
+        if not isinstance(answer, AuthzAnswer):
+            return self._answer_later(answer, started)
         if self.observe is not None:
             self.observe(time.perf_counter() - started)
         return answer_body(answer)
+
+    async def _answer_later(self, pending: Awaitable[AuthzAnswer], started: float) -> bytes:
+        answer = await pending
+        if self.observe is not None:
+            self.observe(time.perf_counter() - started)
+        return answer_body(answer)
+
+    async def call(self, decide: Authorizer, response: bool, raw: bytes) -> bytes:
+        """``answer``, awaited."""
+        answer = self.answer(decide, response, raw)
+        return answer if isinstance(answer, bytes) else await answer
 
     async def start(self, path: str, mode: int = 0o660) -> None:
         """Listen on ``path``, created with ``mode`` from the start (never briefly more open)."""

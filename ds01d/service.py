@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -23,7 +24,7 @@ from ds01d.tickets import TOKEN_HEADER, Tickets
 from formats.labels import LABEL_USER
 from policy import images as image_rules
 from policy.decision import Decision, deny
-from policy.engine import decide, needed_facts
+from policy.engine import decide, endpoint_of, needed_facts
 from policy.facts import (
     NO_FACTS,
     FactRequests,
@@ -45,6 +46,7 @@ log = logging.getLogger("ds01.service")
 START_ENDPOINT = "/containers/{id}/start"
 START_ENDPOINTS = frozenset({START_ENDPOINT, "/containers/{id}/restart"})
 CREATE = "/containers/create"
+ALLOW = AuthzAnswer(True)
 
 
 class Recorder(Protocol):
@@ -214,8 +216,11 @@ class Service:
         start passes the start guard, before the one record is made. An allowed create at the
         gateway is recorded by its saga, once its volumes and GPUs are settled.
         """
-        started = time.perf_counter()
         parsed = request if isinstance(request, ParsedRequest) else parse_request(request)
+        verdict = self.decide_now(parsed, identity, door)
+        if verdict is not None:
+            return verdict
+        started = time.perf_counter()
         limits = self.policy.limits(identity)
         state = self._state()
         lookup = _Lookups(self.docker)  # one request's lookups, shared with the start guard
@@ -236,6 +241,35 @@ class Service:
                 ),
                 detail=f"DockerError: {exc.message}",
             )
+        return self._verdict(door, parsed, identity, limits, state, decision, started)
+
+    def decide_now(self, parsed: ParsedRequest, identity: Identity, door: str) -> Verdict | None:
+        """``decide`` for a request that needs nothing looked up (most reads); None otherwise.
+
+        Nothing to await means no task and no turn of the event loop, on a path both doors
+        take for nearly every request.
+        """
+        if identity.is_tls or parsed.endpoint in START_ENDPOINTS:
+            return None
+        started = time.perf_counter()
+        state = self._known_state(needed_facts(parsed, identity))
+        if state is None:
+            return None
+        limits = self.policy.limits(identity)
+        decision = self._decided(parsed, identity, limits, state)
+        return self._verdict(door, parsed, identity, limits, state, decision, started)
+
+    def _verdict(
+        self,
+        door: str,
+        parsed: ParsedRequest,
+        identity: Identity,
+        limits: Limits,
+        state: State,
+        decision: Decision,
+        started: float,
+    ) -> Verdict:
+        """The verdict, recorded now unless its outcome is settled later."""
         seconds = time.perf_counter() - started
         deferred = decision.allowed and (
             decision.decide_on_answer or (door == "gateway" and parsed.endpoint == CREATE)
@@ -326,14 +360,21 @@ class Service:
         """A state snapshot for one decision: now, this host, and the request's ``facts``."""
         return State(now=self.clock(), **self._host_facts, **facts)
 
-    async def gather(
-        self, needs: FactRequests, identity: Identity, lookup: _Lookups | None = None
-    ) -> State:
-        """Fetch exactly what ``needs`` names, each object once, and build the State."""
+    def _known_state(self, needs: FactRequests) -> State | None:
+        """The State when ``needs`` asks for no lookup; None when something must be fetched."""
         if needs == NO_FACTS:
             return self._state()
         if needs.target_in_answer:
             return self._state(target_in_answer=True)
+        return None
+
+    async def gather(
+        self, needs: FactRequests, identity: Identity, lookup: _Lookups | None = None
+    ) -> State:
+        """Fetch exactly what ``needs`` names, each object once, and build the State."""
+        known = self._known_state(needs)
+        if known is not None:
+            return known
         lookup = lookup or _Lookups(self.docker)
         target = await lookup.facts(needs.target) if needs.target is not None else None
         related: dict[str, ObjectFacts] = {}
@@ -360,18 +401,21 @@ class Service:
 
     # ---- the AuthZ plugin's view ---------------------------------------------------------
 
-    async def authz_request(self, req: AuthzRequest) -> AuthzAnswer:
+    def authz_request(self, req: AuthzRequest) -> AuthzAnswer | Awaitable[AuthzAnswer]:
+        """The plugin's answer to an AuthZReq: at once unless a lookup is needed."""
         token = _header(req.headers, TOKEN_HEADER)
         if self.tickets.is_internal(token):
-            return AuthzAnswer(True)
+            return ALLOW
         if token is not None:
             ticket = self.tickets.redeem(token, req.method, req.uri, req.body)
             if ticket is None:
                 return AuthzAnswer(False, "ds01: a gateway token that does not match its request")
-            if ticket.start_guarded:  # the gateway just re-acquired this start's GPUs
-                return AuthzAnswer(True)
+            # The gateway decided on exactly these bytes (the ticket binds method, URI and
+            # body), so the re-check is that binding; a start it did not guard is guarded here.
+            if ticket.start_guarded or endpoint_of(req.method, req.uri) not in START_ENDPOINTS:
+                return ALLOW
             request = parse_request(Request(req.method, req.uri, req.headers, req.body))
-            return await self._recheck(request, ticket.identity)
+            return self._recheck(request, ticket.identity)
         request = parse_request(Request(req.method, req.uri, req.headers, req.body))
         if req.authn_method and not req.user:
             refusal = deny(
@@ -392,6 +436,12 @@ class Service:
                 )
                 return AuthzAnswer(False, refusal.message)
             identity = tls_user
+        verdict = self.decide_now(request, identity, "authz")
+        if verdict is not None:
+            return AuthzAnswer(verdict.decision.allowed, verdict.decision.message)
+        return self._authz_decide(request, identity)
+
+    async def _authz_decide(self, request: ParsedRequest, identity: Identity) -> AuthzAnswer:
         # decide() narrows a TLS user's decision (_tls_decision) and guards starts
         decision = (await self.decide(request, identity, "authz")).decision
         return AuthzAnswer(decision.allowed, decision.message)
@@ -416,18 +466,17 @@ class Service:
         return without_rewrite(decision, route)
 
     async def _recheck(self, request: ParsedRequest, identity: Identity) -> AuthzAnswer:
-        # The gateway decided on exactly these bytes (the ticket binds method, URI and body),
-        # so the re-check is that binding; a start the gateway did not guard is guarded here.
         started = time.perf_counter()
         refusal = await self.start_guard(request, identity)
         if refusal is not None:
             self.record("authz", request, identity, refusal, time.perf_counter() - started)
             return AuthzAnswer(False, refusal.message)
-        return AuthzAnswer(True)
+        return ALLOW
 
-    async def authz_response(self, req: AuthzRequest) -> AuthzAnswer:
+    def authz_response(self, req: AuthzRequest) -> AuthzAnswer:
+        """The plugin's answer to an AuthZRes: the request's ticket is spent."""
         self.tickets.finish(_header(req.headers, TOKEN_HEADER))
-        return AuthzAnswer(True)
+        return ALLOW
 
     async def start_guard(
         self, request: ParsedRequest, identity: Identity, lookup: _Lookups | None = None

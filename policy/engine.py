@@ -7,6 +7,7 @@ actually reaches dockerd. Pure: no Docker, no files, no clock.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import traceback
 from collections.abc import Callable
@@ -133,6 +134,17 @@ def route_of(request: Request) -> Route | None:
         return parse_route(request.method, request.target)
     except RouteError:
         return None
+
+
+@functools.lru_cache(maxsize=4096)
+def endpoint_of(method: str, target: str) -> str:
+    """The route template a request names (``unroutable`` if none), for metric labels.
+
+    Cached: the plugin labels both phases of every call, and most calls repeat a few
+    targets (``/_ping``, lists); a template is a plain string, safe to share.
+    """
+    route = route_of(Request(method, target))
+    return route.endpoint if route is not None else "unroutable"
 
 
 def _decide(parsed: ParsedRequest, identity: Identity, limits: Limits, state: State) -> Decision:

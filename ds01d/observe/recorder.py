@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from allocator.ledger import Ledger, State
@@ -15,10 +16,9 @@ from ds01d.host.dcgm_mapping import JobMappingDir
 from ds01d.observe.audit import AuditLog
 from ds01d.observe.metrics import DeviceRow, Metrics
 from policy.decision import Decision
-from policy.engine import route_of
+from policy.engine import endpoint_of
 from policy.identity import Identity
 from policy.routes import Route
-from policy.state import Request
 
 log = logging.getLogger("ds01.recorder")
 
@@ -92,19 +92,35 @@ class Recorder:
 
         Every AuthZ call dockerd makes is timed, whatever answers it: a decision for direct
         access, the re-check of a gateway ticket, ds01d's own calls, and the response phase.
+        An answer given at once stays at once (no coroutine around it).
         """
 
-        async def timed(req: AuthzRequest) -> AuthzAnswer:
+        def timed(req: AuthzRequest) -> AuthzAnswer | Awaitable[AuthzAnswer]:
             started = time.perf_counter()
             try:
-                return await authorize(req)
-            finally:
-                if self.metrics is not None:
-                    route = route_of(Request(req.method, req.uri))
-                    endpoint = route.endpoint if route else "unroutable"
-                    self.metrics.observe_latency("authz", endpoint, time.perf_counter() - started)
+                answer = authorize(req)
+            except BaseException:
+                self._observe_authz(req, started)
+                raise
+            if isinstance(answer, AuthzAnswer):
+                self._observe_authz(req, started)
+                return answer
+            return self._timed_later(req, answer, started)
 
         return timed
+
+    async def _timed_later(
+        self, req: AuthzRequest, pending: Awaitable[AuthzAnswer], started: float
+    ) -> AuthzAnswer:
+        try:
+            return await pending
+        finally:
+            self._observe_authz(req, started)
+
+    def _observe_authz(self, req: AuthzRequest, started: float) -> None:
+        if self.metrics is not None:
+            endpoint = endpoint_of(req.method, req.uri)
+            self.metrics.observe_latency("authz", endpoint, time.perf_counter() - started)
 
     def event(self, event: str, **fields: Any) -> None:
         if self.audit is not None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from authz_plugin.authz import AuthzRequest, parse_authz
+from authz_plugin.authz import AuthzRequest, parse_authz, settled
 from ds01d.gateway_handler import GatewayHandler
 from ds01d.identities import identity_for_tls_user, identity_for_uid
 from ds01d.policy_store import PolicyStore
@@ -302,7 +302,7 @@ async def test_tls_user_gets_their_policy_without_rewrites(
     service = Service(PolicyStore(str(policy)), LabelledDocker())  # type: ignore[arg-type]
     headers = {"Content-Type": "application/json"} if body else {}
     request = AuthzRequest(user=cn, method=method, uri=f"/v1.41{path}", headers=headers, body=body)
-    answer = await service.authz_request(request)
+    answer = await settled(service.authz_request(request))
     assert (answer.allow, answer.msg) == (allowed, message)
 
 
@@ -319,7 +319,7 @@ async def test_certificate_without_a_cn_is_no_one_not_root(tmp_path):
         headers={"Content-Type": "application/json"},
         body=PRIVILEGED,
     )
-    answer = await service.authz_request(request)
+    answer = await settled(service.authz_request(request))
     assert (answer.allow, answer.msg) == (
         False,
         "ds01: the TLS client certificate names no user (its CN is empty). To fix: ask an "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from authz_plugin.authz import AuthzRequest
+from authz_plugin.authz import AuthzRequest, settled
 from ds01d.docker_client import DockerClient, DockerError
 from ds01d.policy_store import PolicyStore
 from ds01d.service import Service
@@ -29,7 +29,7 @@ async def test_the_plugin_does_not_repeat_a_start_guard_the_gateway_ran(tmp_path
     """The gateway re-acquired the start's GPUs a moment ago: no second inspect for it."""
     service = _service(tmp_path)
     service.gpus = object()  # any start guard now needs dockerd, which is unreachable here
-    assert (await service.authz_request(_start_request(service, guarded=True))).allow
+    assert (await settled(service.authz_request(_start_request(service, guarded=True)))).allow
     with pytest.raises(DockerError):  # a start the gateway did not guard is guarded here
-        await service.authz_request(_start_request(service, guarded=False))
+        await settled(service.authz_request(_start_request(service, guarded=False)))
     await service.docker.close()
