@@ -47,6 +47,7 @@ START_ENDPOINT = "/containers/{id}/start"
 START_ENDPOINTS = frozenset({START_ENDPOINT, "/containers/{id}/restart"})
 CREATE = "/containers/create"
 ALLOW = AuthzAnswer(True)
+_OWNERS_ONLY = FactRequests(image_owners=True)
 
 
 class Recorder(Protocol):
@@ -361,11 +362,14 @@ class Service:
         return State(now=self.clock(), **self._host_facts, **facts)
 
     def _known_state(self, needs: FactRequests) -> State | None:
-        """The State when ``needs`` asks for no lookup; None when something must be fetched."""
+        """The State when ``needs`` asks dockerd for nothing; None when something must be
+        fetched. The image ownership record is ds01d's own, at hand."""
         if needs == NO_FACTS:
             return self._state()
         if needs.target_in_answer:
             return self._state(target_in_answer=True)
+        if needs == _OWNERS_ONLY:
+            return self._state(related={image_rules.OWNERS_KEY: self.image_owners.facts()})
         return None
 
     async def gather(

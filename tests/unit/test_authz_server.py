@@ -303,3 +303,56 @@ def test_parse_head_reads_framing_and_close() -> None:
     )
     assert parse_head(b"POST /p HTTP/1.0\r\nConnection: keep-alive").close is False
     assert parse_head(b"POST /p HTTP/1.0").close is True
+
+
+def test_answers_given_at_once_and_awaited_keep_their_order(run: Any, tmp_path: Path) -> None:
+    """An authorizer may answer at once (no lookup) or later; pipelined calls mixing both
+    are answered in the order they came, and a failure raised at once is a denial."""
+    plan = iter(["later", "now", "raise", "now"])
+
+    def decide(request: AuthzRequest) -> AuthzAnswer | Awaitable[AuthzAnswer]:
+        how = next(plan)
+        if how == "raise":
+            raise RuntimeError("boom")
+        if how == "now":
+            return AuthzAnswer(False, f"now {request.uri}")
+
+        async def later() -> AuthzAnswer:
+            await asyncio.sleep(0.05)
+            return AuthzAnswer(False, f"later {request.uri}")
+
+        return later()
+
+    server = PluginServer(decide, decide)
+    calls = [post("/AuthZPlugin.AuthZReq", authz_json(RequestUri=f"/{i}")) for i in range(4)]
+    got, closed = run(exchange(server, tmp_path / "p.sock", *calls))
+    messages = [a["Msg"] for _, _, a in got]
+    assert messages[0] == "later /0" and messages[1] == "now /1" and messages[3] == "now /3"
+    assert "internal error" in messages[2] and not closed
+
+
+def test_an_idle_connection_is_closed_but_not_one_being_decided(
+    run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The idle timer counts from the last answer and never fires under a slow decision."""
+    monkeypatch.setattr("authz_plugin.server.IDLE_TIMEOUT_S", 0.2)
+
+    async def slow(_: AuthzRequest) -> AuthzAnswer:
+        await asyncio.sleep(0.5)  # longer than the idle timeout
+        return AuthzAnswer(True)
+
+    async def scenario() -> tuple[dict[str, Any], bytes]:
+        server = PluginServer(slow, slow)
+        await server.start(str(tmp_path / "p.sock"))
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(tmp_path / "p.sock"))
+            writer.write(post("/AuthZPlugin.AuthZReq", authz_json()))
+            _, _, answer = await asyncio.wait_for(read_answer(reader), 5)
+            after = await asyncio.wait_for(reader.read(1), 5)  # idle now: closed soon
+            writer.close()
+            return answer, after
+        finally:
+            await server.cleanup()
+
+    answer, after = run(scenario())
+    assert answer == {"Allow": True} and after == b""
