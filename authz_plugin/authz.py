@@ -87,12 +87,13 @@ def _headers(value: Any, name: str) -> dict[str, str]:
     return value
 
 
-def parse_authz(raw: bytes, response: bool, response_body: bool = True) -> AuthzRequest:
+def parse_authz(raw: bytes, response: bool, read_answer: bool = True) -> AuthzRequest:
     """Decode dockerd's AuthZ JSON, refusing anything malformed.
 
-    ``response_body=False`` leaves an AuthZRes's ``ResponseBody`` (dockerd's whole answer,
-    base64) undecoded and unchecked, for an authorizer that never reads it: its
-    ``response_body`` is None, so nothing can be decided on bytes that were not checked.
+    ``read_answer=False`` leaves an AuthZRes's answer fields (``ResponseStatusCode``,
+    ``ResponseHeaders`` and ``ResponseBody``, dockerd's whole answer in base64) undecoded and
+    unchecked, for an authorizer that never reads them: they stay None and empty, so nothing
+    can be decided on bytes that were not checked.
     """
     try:
         data = json.loads(raw)
@@ -110,7 +111,8 @@ def parse_authz(raw: bytes, response: bool, response_body: bool = True) -> Authz
     authn_method = data.get("UserAuthNMethod") or ""
     if not isinstance(authn_method, str):
         raise BadPluginRequest("UserAuthNMethod is not a string")
-    status = data.get("ResponseStatusCode") if response else None
+    answer = response and read_answer
+    status = data.get("ResponseStatusCode") if answer else None
     if status is not None and not isinstance(status, int):
         raise BadPluginRequest("ResponseStatusCode is not an integer")
     return AuthzRequest(
@@ -121,12 +123,8 @@ def parse_authz(raw: bytes, response: bool, response_body: bool = True) -> Authz
         headers=_headers(data.get("RequestHeaders"), "RequestHeaders"),
         body=_b64(data.get("RequestBody"), "RequestBody"),
         response_status=status,
-        response_body=_b64(data.get("ResponseBody"), "ResponseBody")
-        if response and response_body
-        else None,
-        response_headers=_headers(data.get("ResponseHeaders"), "ResponseHeaders")
-        if response
-        else {},
+        response_body=_b64(data.get("ResponseBody"), "ResponseBody") if answer else None,
+        response_headers=_headers(data.get("ResponseHeaders"), "ResponseHeaders") if answer else {},
     )
 
 
@@ -141,12 +139,12 @@ def answer_body(answer: AuthzAnswer) -> bytes:
 
 
 def answer_now(
-    decide: Authorizer, raw: bytes, response: bool, response_body: bool = True
+    decide: Authorizer, raw: bytes, response: bool, read_answer: bool = True
 ) -> AuthzAnswer | Awaitable[AuthzAnswer]:
     """Decode one AuthZ call and decide it: the answer, or an awaitable one when ``decide``
     must look something up. Every failure is a denial that says why."""
     try:
-        result = decide(parse_authz(raw, response, response_body))
+        result = decide(parse_authz(raw, response, read_answer))
     except BadPluginRequest as exc:
         return AuthzAnswer(False, f"ds01: unreadable AuthZ request ({exc})")
     except Exception:
@@ -171,10 +169,10 @@ async def settled(answer: AuthzAnswer | Awaitable[AuthzAnswer]) -> AuthzAnswer:
 
 
 async def answer_call(
-    decide: Authorizer, raw: bytes, response: bool, response_body: bool = True
+    decide: Authorizer, raw: bytes, response: bool, read_answer: bool = True
 ) -> AuthzAnswer:
     """``answer_now``, awaited."""
-    return await settled(answer_now(decide, raw, response, response_body))
+    return await settled(answer_now(decide, raw, response, read_answer))
 
 
 def plugin_app(

@@ -41,6 +41,7 @@ MAX_HEAD = 16 * 1024
 # A connection silent this long (between calls, or mid-call) is closed, as aiohttp would.
 IDLE_TIMEOUT_S = 75.0
 _CHUNK_LINE = 1024
+_HEADS_KEPT = 256
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 _FIELD_LINES = re.compile(rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*)*")
@@ -243,7 +244,7 @@ class PluginProtocol(asyncio.Protocol):
                 return False
             if end > MAX_HEAD:
                 raise BadFraming("request head too large")
-            self.head = parse_head(bytes(self.buf[:end]))
+            self.head = self.server.head_of(bytes(self.buf[:end]))
             del self.buf[: end + 4]
             if self.head.chunked:
                 self.chunked = _Chunked(MAX_PLUGIN_REQUEST)
@@ -324,7 +325,7 @@ class PluginProtocol(asyncio.Protocol):
 class PluginServer:
     """dockerd's AuthZ plugin on a unix socket: ``authz.answer_now`` behind a lean HTTP/1.1.
 
-    ``response_body=False`` leaves AuthZRes's ResponseBody undecoded (see ``parse_authz``),
+    ``read_answer=False`` leaves AuthZRes's answer fields undecoded (see ``parse_authz``),
     for an ``on_response`` that never reads it.
     """
 
@@ -333,22 +334,33 @@ class PluginServer:
         on_request: Authorizer,
         on_response: Authorizer,
         observe: Callable[[float], None] | None = None,
-        response_body: bool = True,
+        read_answer: bool = True,
     ) -> None:
         self.routes: dict[bytes, tuple[Authorizer, bool]] = {
             b"/AuthZPlugin.AuthZReq": (on_request, False),
             b"/AuthZPlugin.AuthZRes": (on_response, True),
         }
         self.observe = observe
-        self.response_body = response_body
+        self.read_answer = read_answer
         self.connections: set[PluginProtocol] = set()
         self.server: asyncio.AbstractServer | None = None
+        self.heads: dict[bytes, Head] = {}
+
+    def head_of(self, raw: bytes) -> Head:
+        """``parse_head``, remembered: dockerd's heads repeat (only Content-Length varies)."""
+        head = self.heads.get(raw)
+        if head is None:
+            head = parse_head(raw)  # BadFraming is raised, never remembered
+            if len(self.heads) >= _HEADS_KEPT:
+                self.heads.clear()
+            self.heads[raw] = head
+        return head
 
     def answer(self, decide: Authorizer, response: bool, raw: bytes) -> bytes | Awaitable[bytes]:
         """One AuthZ call's answer body, at once when ``decide`` answers at once; every
         failure is a denial (``answer_now``)."""
         started = time.perf_counter()
-        answer = answer_now(decide, raw, response, self.response_body)
+        answer = answer_now(decide, raw, response, self.read_answer)
         if not isinstance(answer, AuthzAnswer):
             return self._answer_later(answer, started)
         if self.observe is not None:

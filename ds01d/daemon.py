@@ -296,7 +296,7 @@ class Daemon:
         self.plugin = PluginServer(
             timed(self.service.authz_request),
             timed(self.service.authz_response),
-            response_body=False,
+            read_answer=False,
         )
         await self.plugin.start(self.args.plugin_socket, 0o660)
         log.info("AuthZ plugin listening on %s", self.args.plugin_socket)

@@ -105,9 +105,7 @@ def serve(name: str, sock: str, tickets_from: list[bytes] | None = None) -> None
 
     async def run() -> None:
         if name == "ds01":  # as ds01d serves it (ds01d.daemon)
-            server = PluginServer(
-                SERVICE.authz_request, SERVICE.authz_response, response_body=False
-            )
+            server = PluginServer(SERVICE.authz_request, SERVICE.authz_response, read_answer=False)
             await server.start(sock)
         else:
             runner = web.AppRunner(allow_all_app(), access_log=None)

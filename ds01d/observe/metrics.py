@@ -191,6 +191,7 @@ class Metrics:
         self._endpoints = _Bounded(max_label_values)
         self._reasons = _Bounded(max_label_values)
         self._decision_counters: dict[tuple[str, str, bool, str], Any] = {}
+        self._latency_children: dict[tuple[str, str], Any] = {}
         self._lifecycle_reasons = _Bounded(max_label_values)
         self.decisions = Counter(
             "ds01_decisions_total",
@@ -281,8 +282,15 @@ class Metrics:
 
     def observe_latency(self, door: str, endpoint: str, seconds: float) -> None:
         """Observe one request's duration at the AuthZ plugin or the gateway."""
-        histogram = self.authz_duration if door == "authz" else self.gateway_duration
-        histogram.labels(endpoint=self._endpoints(_endpoint(endpoint))).observe(max(0.0, seconds))
+        key = (door, endpoint)
+        child = self._latency_children.get(key)
+        if child is None:  # looked up once per label pair, as the decision counters are
+            if len(self._latency_children) > 10_000:
+                self._latency_children.clear()
+            histogram = self.authz_duration if door == "authz" else self.gateway_duration
+            child = histogram.labels(endpoint=self._endpoints(_endpoint(endpoint)))
+            self._latency_children[key] = child
+        child.observe(max(0.0, seconds))
 
     def observe_queue_wait(self, seconds: float) -> None:
         """A GPU request left the queue (served, timed out or cancelled) after ``seconds``."""

@@ -118,19 +118,21 @@ def test_response_goes_to_the_response_authorizer(run: Any, tmp_path: Path) -> N
     assert on_request.seen == []
 
 
-def test_response_body_unread_when_not_wanted(run: Any, tmp_path: Path) -> None:
-    """response_body=False: ResponseBody is neither decoded nor checked, and is None."""
+def test_answer_unread_when_not_wanted(run: Any, tmp_path: Path) -> None:
+    """read_answer=False: dockerd's answer (status, headers, body) is neither decoded nor
+    checked, and the authorizer sees none of it."""
     on_response = Recorder()
-    server = PluginServer(Recorder(), on_response, response_body=False)
-    raw = authz_json(ResponseStatusCode=200, ResponseBody="%%% not base64")
+    server = PluginServer(Recorder(), on_response, read_answer=False)
+    raw = authz_json(ResponseStatusCode="200", ResponseHeaders=[1], ResponseBody="%%% not base64")
     assert one(run, tmp_path, server, post("/AuthZPlugin.AuthZRes", raw)) == (200, {"Allow": True})
-    assert on_response.seen[0].response_body is None
-    # What is read is still checked: a bad status code is a denial.
-    server = PluginServer(Recorder(), Recorder(), response_body=False)
-    raw = post("/AuthZPlugin.AuthZRes", authz_json(ResponseStatusCode="200"))
+    seen = on_response.seen[0]
+    assert (seen.response_status, seen.response_headers, seen.response_body) == (None, {}, None)
+    # What is read is still checked: the request's own headers must be a map of strings.
+    server = PluginServer(Recorder(), Recorder(), read_answer=False)
+    raw = post("/AuthZPlugin.AuthZRes", authz_json(RequestHeaders={"X": 1}))
     status, answer = one(run, tmp_path, server, raw)
     assert (status, answer["Allow"]) == (200, False)
-    assert "ResponseStatusCode is not an integer" in answer["Msg"]
+    assert "RequestHeaders is not a map of strings" in answer["Msg"]
 
 
 @pytest.mark.parametrize("path", ["/AuthZPlugin.AuthZReq", "/AuthZPlugin.AuthZRes"])
