@@ -77,6 +77,17 @@ class DockerClient:
             raise DockerError(status, message)
         return json.loads(text) if text.strip() else None
 
+    async def ping(self) -> dict[str, str]:
+        try:
+            async with self._client().get("http://docker/_ping") as resp:
+                await resp.read()
+                status, headers = resp.status, dict(resp.headers)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise DockerError(503, f"dockerd is not reachable ({exc})") from exc
+        if status != 200:
+            raise DockerError(status, f"dockerd answered its ping with {status}")
+        return headers
+
     async def _get_or_none(self, path: str) -> dict[str, Any] | None:
         """GET an object; None when dockerd says it does not exist."""
         try:

@@ -17,6 +17,7 @@ from ds01d.docker_client import DockerError
 from ds01d.identities import IdentityCache
 from ds01d.image_owners import answer_screen
 from ds01d.notify import Notifier
+from ds01d.ping import PingAnswer
 from ds01d.service import START_ENDPOINTS, Service, Verdict
 from ds01d.tickets import TOKEN_HEADER
 from formats.labels import LABEL_USER
@@ -44,6 +45,7 @@ _HIJACKED = {"/containers/{id}/attach", "/exec/{id}/start", "/session"}
 # Reads a non-admin sees screened (their networks and the predefined ones).
 _NETWORK_READS = {"/networks", "/networks/{id}"}
 # Answers that can name the container holding a name: told without its ID.
+PING = "/_ping"
 _CONFLICT_ANSWERS = {"/containers/create", "/containers/{id}/rename"}
 
 
@@ -60,6 +62,7 @@ class GatewayHandler:
         self.service = service
         self.identity_for_uid = IdentityCache()
         self.api = Api(service, lifecycle)
+        self.ping = PingAnswer(service.docker)
         # The lifecycle's notifier writes its warnings to terminals; the GPU queue's too.
         self.notifier: Notifier = getattr(lifecycle, "notifier", None) or Notifier()
 
@@ -114,6 +117,10 @@ class GatewayHandler:
             return deny_reply(decision)
         route = parsed.route
         assert route is not None  # decide() denies what does not route
+        if route.endpoint == PING and not route.query:  # every command's first request
+            reply = await self.ping.reply(head.method)
+            if reply is not None:
+                return reply
         # What dockerd executes is what was decided: the full IDs checked, the query as parsed.
         target = route.canonical_target(decision.params, decision.query)
         new_body = body

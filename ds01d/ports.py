@@ -47,6 +47,11 @@ class DockerApi(Protocol):
         """Every container, stopped ones too (``docker ps -a``), as dockerd lists them."""
         ...
 
+    async def ping(self) -> dict[str, str]:
+        """The headers of dockerd's answer to ``GET /_ping`` (``Api-Version``, ``Ostype`` ...),
+        what a client negotiates its API version from."""
+        ...
+
     def events(self, since: float | None = None) -> AsyncIterator[dict[str, Any]]:
         """Container events as they happen, from ``since`` (a Unix time) when given."""
         ...

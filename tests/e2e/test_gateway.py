@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.stack.ds01 import IMAGE
+from tests.stack.ds01 import IMAGE, user_python
 
 pytestmark = [pytest.mark.docker, pytest.mark.e2e]
 
@@ -459,3 +459,31 @@ def test_ds01_limits_lists_each_containers_lifecycle(clean):
         rows = json.loads(ok(clean.ds01("limits", "--json", user=ALICE)))["lifecycle"]
         time.sleep(0.5)
     assert rows and rows[0]["name"] == "limlife" and rows[0]["runtime_seconds"] is not None
+
+
+def test_ping_through_the_gateway_answers_as_dockerd_does(clean):
+    """The gateway answers pings from dockerd's own recent answer (ds01d/ping.py): the same
+    status, body and description a client negotiates its API version from."""
+    script = (
+        "import http.client,socket,sys\n"
+        "class C(http.client.HTTPConnection):\n"
+        "    def connect(self):\n"
+        "        self.sock=socket.socket(socket.AF_UNIX); self.sock.connect(sys.argv[1])\n"
+        "for path in sys.argv[2:]:\n"
+        "    c=C('x')\n"
+        "    for method in ('HEAD','GET','HEAD'):\n"
+        "        c.request(method,path); r=c.getresponse(); body=r.read()\n"
+        "        print(method, r.status, body, r.getheader('Api-Version'), r.getheader('Ostype'),\n"
+        "              r.getheader('Docker-Experimental'), r.getheader('Content-Length'))\n"
+    )
+    paths = ["/_ping", "/v1.41/_ping"]
+    direct = ok(_ping_lines(script, str(clean.dockerd.socket_path), paths, user=None))
+    through = ok(_ping_lines(script, str(clean.gateway_socket), paths, user=ALICE))
+    assert through == direct and direct.count(" 200 ") == 6, through
+
+
+def _ping_lines(script: str, sock: str, paths: list[str], user: str | None):
+    cmd = [user_python(), "-c", script, sock, *paths]
+    if user is not None:
+        cmd = ["runuser", "-u", user, "--", *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30)

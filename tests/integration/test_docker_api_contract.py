@@ -169,3 +169,10 @@ async def _first(stream: AsyncIterator[dict[str, Any]], cid: str, action: str) -
         if event["Actor"]["ID"] == cid and event["Action"] == action:
             return event
     raise AssertionError("the event stream ended")
+
+
+async def test_ping_names_the_api_version_and_os(docker: DockerApi) -> None:
+    headers = {k.lower(): v for k, v in (await docker.ping()).items()}
+    major, _, minor = headers["api-version"].partition(".")
+    assert major.isdigit() and minor.isdigit()
+    assert headers["ostype"] == "linux"

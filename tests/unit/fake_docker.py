@@ -62,6 +62,7 @@ class FakeDockerApi:
         self.log: list[dict[str, Any]] = []  # container events, oldest first
         self._changed = asyncio.Event()
         self.closed = False
+        self.pings = 0
 
     # -- lookups (None when missing, like DockerClient) -----------------------------------
 
@@ -95,6 +96,20 @@ class FakeDockerApi:
             for c in self.containers.values()
             if _labels_match(c["Config"]["Labels"], wanted)
         ]
+
+    async def ping(self) -> dict[str, str]:
+        self.pings += 1
+        return {
+            "Api-Version": "1.41",
+            "Cache-Control": "no-cache, no-store, must-revalidate",
+            "Content-Length": "2",
+            "Content-Type": "text/plain; charset=utf-8",
+            "Docker-Experimental": "false",
+            "Ostype": "linux",
+            "Pragma": "no-cache",
+            "Server": "Docker/20.10.24 (linux)",
+            "Date": "Mon, 30 Nov 2026 15:11:56 GMT",
+        }
 
     async def events(self, since: float | None = None) -> AsyncIterator[dict[str, Any]]:
         seen = 0
