@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 log = logging.getLogger("ds01.authz")
@@ -78,12 +79,13 @@ def _b64(value: Any, name: str) -> bytes | None:
 
 
 def _headers(value: Any, name: str) -> dict[str, str]:
-    if value in (None, ""):
+    if value is None or value == "":
         return {}
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
+    if type(value) is not dict:
         raise BadPluginRequest(f"{name} is not a map of strings")
+    for key, text in value.items():
+        if type(key) is not str or type(text) is not str:
+            raise BadPluginRequest(f"{name} is not a map of strings")
     return value
 
 
@@ -96,8 +98,11 @@ def parse_authz(raw: bytes, response: bool, read_answer: bool = True) -> AuthzRe
     can be decided on bytes that were not checked.
     """
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        # dockerd's envelope, parsed by orjson (every call pays for it; the policy reads the
+        # request body inside with its own strict parser). orjson is the stricter of the two:
+        # invalid UTF-8, lone surrogates and NaN are refused.
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
         raise BadPluginRequest("the AuthZ request is not JSON") from None
     if not isinstance(data, dict):
         raise BadPluginRequest("the AuthZ request is not a JSON object")

@@ -16,13 +16,15 @@ import threading
 from collections import Counter as Tally
 from collections.abc import Iterable, Iterator
 from importlib import metadata
-from typing import Any, NotRequired, TypedDict
+from typing import NotRequired, TypedDict
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
+
+from ds01d.observe.loop_metrics import LoopCounter, LoopHistogram
 
 log = logging.getLogger("ds01.metrics")
 
@@ -190,31 +192,32 @@ class Metrics:
         r = self.registry
         self._endpoints = _Bounded(max_label_values)
         self._reasons = _Bounded(max_label_values)
-        self._decision_counters: dict[tuple[str, str, bool, str], Any] = {}
-        self._latency_children: dict[tuple[str, str], Any] = {}
+        # Counted on every request at both doors: updated from the event loop alone
+        # (loop_metrics.py), each label set bounded once and remembered.
+        self._decision_labels: dict[tuple[str, str, bool, str], tuple[str, ...]] = {}
+        self._latency_labels: dict[tuple[str, str], str] = {}
         self._lifecycle_reasons = _Bounded(max_label_values)
-        self.decisions = Counter(
+        self.decisions = LoopCounter(
             "ds01_decisions_total",
             "Decisions by front door, route template, result and reason code.",
             ["door", "endpoint", "result", "reason"],
-            registry=r,
         )
-        self.authz_duration = Histogram(
+        self.authz_duration = LoopHistogram(
             "ds01_authz_request_duration_seconds",
             "Time ds01d takes to answer one AuthZ call from dockerd (request or response "
             "phase; direct access, gateway tickets and ds01d's own calls alike).",
-            ["endpoint"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            "endpoint",
+            LATENCY_BUCKETS,
         )
-        self.gateway_duration = Histogram(
+        self.gateway_duration = LoopHistogram(
             "ds01_gateway_request_duration_seconds",
             "Time ds01d takes to decide one gateway request: looking up the objects it names "
             "and applying the policy (not the GPU queue, forwarding, or dockerd's own work).",
-            ["endpoint"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            "endpoint",
+            LATENCY_BUCKETS,
         )
+        for collector in (self.decisions, self.authz_duration, self.gateway_duration):
+            r.register(collector)
         self.queue_length = Gauge(
             "ds01_queue_length", "GPU requests waiting in the queue.", registry=r
         )
@@ -264,33 +267,30 @@ class Metrics:
         ``reason`` is the decision's stable code (``ok`` for a plain allow).
         """
         key = (door, endpoint, allowed, reason)
-        counter = self._decision_counters.get(key)
-        if counter is None:
-            # prometheus_client's labels() validates and locks on every call, and every request
-            # records a decision: each label combination is looked up once.
-            if len(self._decision_counters) > 10_000:
-                self._decision_counters.clear()
-            counter = self._decision_counters[key] = self.decisions.labels(
-                door=_enum(door, DOORS, "door"),
-                endpoint=self._endpoints(_endpoint(endpoint)),
-                result="allow" if allowed else "deny",
-                reason=self._reasons(reason or "ok"),
+        labels = self._decision_labels.get(key)
+        if labels is None:
+            if len(self._decision_labels) > 10_000:
+                self._decision_labels.clear()
+            labels = self._decision_labels[key] = (
+                _enum(door, DOORS, "door"),
+                self._endpoints(_endpoint(endpoint)),
+                "allow" if allowed else "deny",
+                self._reasons(reason or "ok"),
             )
-        counter.inc()
+        self.decisions.inc(labels)
         if seconds is not None:
             self.observe_latency(door, endpoint, seconds)
 
     def observe_latency(self, door: str, endpoint: str, seconds: float) -> None:
         """Observe one request's duration at the AuthZ plugin or the gateway."""
         key = (door, endpoint)
-        child = self._latency_children.get(key)
-        if child is None:  # looked up once per label pair, as the decision counters are
-            if len(self._latency_children) > 10_000:
-                self._latency_children.clear()
-            histogram = self.authz_duration if door == "authz" else self.gateway_duration
-            child = histogram.labels(endpoint=self._endpoints(_endpoint(endpoint)))
-            self._latency_children[key] = child
-        child.observe(max(0.0, seconds))
+        label = self._latency_labels.get(key)
+        if label is None:
+            if len(self._latency_labels) > 10_000:
+                self._latency_labels.clear()
+            label = self._latency_labels[key] = self._endpoints(_endpoint(endpoint))
+        histogram = self.authz_duration if door == "authz" else self.gateway_duration
+        histogram.observe(label, seconds)
 
     def observe_queue_wait(self, seconds: float) -> None:
         """A GPU request left the queue (served, timed out or cancelled) after ``seconds``."""

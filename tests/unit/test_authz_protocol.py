@@ -106,6 +106,15 @@ def test_parse_ignores_bad_response_fields_in_a_request() -> None:
         (b"not json", False, "the AuthZ request is not JSON"),
         (b"\xff\xfe\x00", False, "the AuthZ request is not JSON"),
         (b"", False, "the AuthZ request is not JSON"),
+        # stricter than Python's json: what dockerd never sends is refused outright
+        (b'{"RequestMethod": NaN}', False, "the AuthZ request is not JSON"),
+        (b'{"User": "\\ud800"}', False, "the AuthZ request is not JSON"),
+        (b'{"User": "\xc3"}', False, "the AuthZ request is not JSON"),
+        (
+            authz_json().replace(b"{", b'{"ResponseStatusCode": 99999999999999999999999,', 1),
+            True,
+            "ResponseStatusCode is not an integer",
+        ),
         (b"[1, 2]", False, "the AuthZ request is not a JSON object"),
         (b'"POST"', False, "the AuthZ request is not a JSON object"),
         (authz_json(RequestMethod=...), False, "the AuthZ request has no method or URI"),
