@@ -417,10 +417,21 @@ def bench_reconcile(plain: PrivateDockerd, count: int) -> None:
 SECTIONS = ("authz", "latency", "cp", "idle", "allocation", "reconcile")
 
 
-def start_container(*hosts: str) -> None:
-    for host in hosts:
+def start_container(governed: str, *others: str) -> None:
+    """The same container on every dockerd compared: made through DS01 first, then made
+    with DS01's labels on the others, so every `docker ps` lists byte-for-byte alike."""
+    run = ["run", "-d", "--name", "benchc"]
+    subprocess.run(
+        ["docker", "-H", governed, *run, IMAGE, "sleep", "600"], check=True, capture_output=True
+    )
+    inspected = subprocess.run(
+        ["docker", "-H", governed, "inspect", "benchc"], check=True, capture_output=True, text=True
+    )
+    labels = json.loads(inspected.stdout)[0]["Config"]["Labels"] or {}
+    flags = [f"--label={key}={value}" for key, value in sorted(labels.items())]
+    for host in others:
         subprocess.run(
-            ["docker", "-H", host, "run", "-d", "--name", "benchc", IMAGE, "sleep", "600"],
+            ["docker", "-H", host, *run, *flags, IMAGE, "sleep", "600"],
             check=True,
             capture_output=True,
         )
