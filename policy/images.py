@@ -410,13 +410,28 @@ _PINNED = frozenset(
 
 
 def _pinned(route: Route, state: State, decision: Decision) -> Decision:
-    ref = route.params.get("name", "")
-    image = state.related.get(image_key(ref))
-    if route.endpoint not in _PINNED or image is None or not image.id or ref == image.id:
+    if route.endpoint == "/images/get":  # docker save: each of ?names= pinned
+        names = route.query.get("names", [])
+        pinned = [_full_id(ref, state) for ref in names]
+        if pinned == names:
+            return decision
+        query = {k: list(v) for k, v in (decision.query or route.query).items()}
+        query["names"] = pinned
+        return replace(decision, query=query)
+    if route.endpoint not in _PINNED:
         return decision
-    if _ref_kind(ref, image)[0] != "id":
-        return decision  # a tag or digest names exactly what it names: removing it untags
-    return replace(decision, params={"name": image.id})
+    ref = route.params.get("name", "")
+    full = _full_id(ref, state)
+    return decision if full == ref else replace(decision, params={"name": full})
+
+
+def _full_id(ref: str, state: State) -> str:
+    """The image's full ID when ``ref`` names it by ID or ID prefix; else ``ref`` itself (a
+    tag or digest names exactly what it names: removing it untags)."""
+    image = state.related.get(image_key(ref))
+    if image is None or not image.id or ref == image.id or _ref_kind(ref, image)[0] != "id":
+        return ref
+    return image.id
 
 
 def _admin_on_others(route: Route, identity: Identity, state: State) -> bool:

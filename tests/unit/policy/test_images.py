@@ -158,6 +158,15 @@ def test_image_rules(limits_of, user, method, target, status, message):
         (ROOT, "GET", "/images/aaaaaa/history", f"/images/{A}/history"),
         (BOB, "GET", "/images/busybox/json", "/images/busybox/json"),  # a tag stays a tag
         (BOB, "DELETE", "/images/bob/x", "/images/bob/x"),
+        # docker save of several: each ID prefix pinned, each name kept, the order too
+        (
+            BOB,
+            "GET",
+            "/images/get?names=bbbbbb&names=bob%2Ftool%3A1&names=eeeeee",
+            f"/images/get?names={B.replace(':', '%3A')}&names=bob%2Ftool%3A1&names={E.replace(':', '%3A')}",
+        ),
+        (ROOT, "GET", "/images/get?names=aaaaaa", f"/images/get?names={A.replace(':', '%3A')}"),
+        (BOB, "GET", "/images/get?names=busybox", "/images/get?names=busybox"),
     ],
 )
 def test_an_id_prefix_is_forwarded_as_the_full_id(limits_of, user, method, target, forwarded):
