@@ -59,8 +59,8 @@ class AuthzAnswer:
 Authorizer = Callable[[AuthzRequest], AuthzAnswer | Awaitable[AuthzAnswer]]
 
 # Nearly every answer: encoded once.
-_ALLOW = AuthzAnswer(True)
-_ALLOW_BODY = json.dumps(_ALLOW.to_json()).encode()
+ALLOW = AuthzAnswer(True)
+_ALLOW_BODY = json.dumps(ALLOW.to_json()).encode()
 
 
 class BadPluginRequest(ValueError):
@@ -140,7 +140,9 @@ INTERNAL_ERROR = AuthzAnswer(False, "ds01: internal error while deciding; denied
 
 def answer_body(answer: AuthzAnswer) -> bytes:
     """The JSON dockerd reads, for one answer."""
-    return _ALLOW_BODY if answer == _ALLOW else json.dumps(answer.to_json()).encode()
+    if answer is ALLOW or answer == ALLOW:
+        return _ALLOW_BODY
+    return json.dumps(answer.to_json()).encode()
 
 
 def answer_now(

@@ -375,7 +375,7 @@ class PluginServer:
     def answer(self, decide: Authorizer, response: bool, raw: bytes) -> bytes | Awaitable[bytes]:
         """One AuthZ call's answer body, at once when ``decide`` answers at once; every
         failure is a denial (``answer_now``)."""
-        started = time.perf_counter()
+        started = time.perf_counter() if self.observe is not None else 0.0
         answer = answer_now(decide, raw, response, self.read_answer)
         if not isinstance(answer, AuthzAnswer):
             return self._answer_later(answer, started)

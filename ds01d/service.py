@@ -14,7 +14,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from authz_plugin.authz import AuthzAnswer, AuthzRequest
+from authz_plugin.authz import ALLOW, AuthzAnswer, AuthzRequest
 from ds01d.docker_client import DockerError
 from ds01d.identities import identity_for_tls_user
 from ds01d.image_owners import ImageOwners
@@ -46,7 +46,6 @@ log = logging.getLogger("ds01.service")
 START_ENDPOINT = "/containers/{id}/start"
 START_ENDPOINTS = frozenset({START_ENDPOINT, "/containers/{id}/restart"})
 CREATE = "/containers/create"
-ALLOW = AuthzAnswer(True)
 _OWNERS_ONLY = FactRequests(image_owners=True)
 DIRECT = direct_identity()  # an Identity is a value: one serves every direct request
 
@@ -443,13 +442,13 @@ class Service:
             identity = tls_user
         verdict = self.decide_now(request, identity, "authz")
         if verdict is not None:
-            return AuthzAnswer(verdict.decision.allowed, verdict.decision.message)
+            return _answer(verdict.decision)
         return self._authz_decide(request, identity)
 
     async def _authz_decide(self, request: ParsedRequest, identity: Identity) -> AuthzAnswer:
         # decide() narrows a TLS user's decision (_tls_decision) and guards starts
         decision = (await self.decide(request, identity, "authz")).decision
-        return AuthzAnswer(decision.allowed, decision.message)
+        return _answer(decision)
 
     async def _tls_decision(
         self, request: ParsedRequest, identity: Identity, decision: Decision
@@ -512,6 +511,12 @@ class Service:
             f"{name} was not started: {problem}",
             f"put the folder back, or recreate the container (docker rm {name}; docker run ...)",
         )
+
+
+def _answer(decision: Decision) -> AuthzAnswer:
+    if decision.allowed and not decision.message:
+        return ALLOW  # one value for nearly every answer: its bytes are made once
+    return AuthzAnswer(decision.allowed, decision.message)
 
 
 def _header(headers: dict[str, str], name: str) -> str | None:

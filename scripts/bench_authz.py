@@ -14,8 +14,10 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 import aiohttp
+import uvloop
 from aiohttp import web
 
 from authz_plugin.server import PluginServer
@@ -100,6 +102,29 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+class CannedPlugin(asyncio.Protocol):
+    """A plugin that reads nothing: each call is answered with the same bytes once its
+    Content-Length says it has arrived. What dockerd's plugin round trip costs by itself."""
+
+    ALLOW = b'HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n{"Allow":true}'
+    ACTIVATE = b'HTTP/1.1 200 OK\r\nContent-Length: 25\r\n\r\n{"Implements":["authz"]}'
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.pending = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.pending += data
+        while (end := self.pending.find(b"\r\n\r\n")) >= 0:
+            head = self.pending[:end].lower()
+            at = head.find(b"content-length:")
+            length = int(head[at + 15 :].split(b"\r\n", 1)[0]) if at >= 0 else 0
+            if len(self.pending) < end + 4 + length:
+                return
+            self.pending = self.pending[end + 4 + length :]
+            self.transport.write(self.ACTIVATE if b"/plugin.activate" in head else self.ALLOW)
+
+
 def serve(name: str, sock: str, tickets_from: list[bytes] | None = None) -> None:
     """Child process: one plugin on its own core budget, like a real daemon."""
 
@@ -107,13 +132,18 @@ def serve(name: str, sock: str, tickets_from: list[bytes] | None = None) -> None
         if name == "ds01":  # as ds01d serves it (ds01d.daemon)
             server = PluginServer(SERVICE.authz_request, SERVICE.authz_response, read_answer=False)
             await server.start(sock)
+        elif name == "canned":
+            await asyncio.get_running_loop().create_unix_server(CannedPlugin, sock)
         else:
             runner = web.AppRunner(allow_all_app(), access_log=None)
             await runner.setup()
             await web.UnixSite(runner, sock).start()
         await asyncio.Event().wait()
 
-    asyncio.run(run())
+    if name == "canned":
+        uvloop.run(run())
+    else:
+        asyncio.run(run())
 
 
 SERVICE = Service(PolicyStore(None), DockerClient("unix:///nonexistent.sock"))
