@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -341,7 +342,11 @@ def make_dirs(path: Path) -> None:
     """``mkdir -p path``; each folder it creates is removed again (if empty) at the end."""
     missing = [p for p in [path, *path.parents] if not p.exists()]
     for directory in reversed(missing):
-        claim("dir", directory, make=lambda d=directory: _mkdir(d))
+        claim("dir", directory, make=functools.partial(_mkdir, directory))
+
+
+def _absent(path: Path) -> bool:
+    return not path.exists()
 
 
 def _mkdir(path: Path) -> bool:
@@ -402,7 +407,7 @@ def claim_cgroups(relative: list[str]) -> None:
     for point in cgroup_hierarchies():
         for rel in relative:
             path = point / rel
-            claim("cgroup", path, make=lambda p=path: not p.exists())
+            claim("cgroup", path, make=functools.partial(_absent, path))
 
 
 def ensure_claimed_user(name: str, create: Callable[[], None]) -> None:
