@@ -5,16 +5,13 @@ the fake nvidia hook and a small inventory file."""
 from __future__ import annotations
 
 import json
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.harness.dockerd import docker as harness_docker
 from tests.harness.images import build_busybox_rootfs
-from tests.harness.users import ensure_user
-from tests.stack.ds01 import IMAGE, Ds01Stack
+from tests.stack.ds01 import IMAGE, Ds01Stack, small_gpu_stack, without_containers
 
 pytestmark = [pytest.mark.docker, pytest.mark.e2e]
 
@@ -41,15 +38,7 @@ groups:
 
 @pytest.fixture(scope="module")
 def forgery():
-    for name in (FORGER, OTHER):
-        ensure_user(name)
-    s = Ds01Stack(
-        Path(tempfile.mkdtemp(prefix="ds01f-", dir="/tmp")),
-        POLICY,
-        inventory="tests/fixtures/inventory-small.yaml",
-    )
-    s.start()
-    try:
+    with small_gpu_stack(POLICY, (FORGER, OTHER), "ds01f-") as s:
         harness_docker(
             "import",
             "--change",
@@ -63,16 +52,12 @@ def forgery():
             check=True,
         )
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture
 def stack(forgery):
-    forgery.remove_all_containers()
-    time.sleep(0.5)  # destroy events release the devices
-    yield forgery
-    forgery.remove_all_containers()
+    with without_containers(forgery):
+        yield forgery
 
 
 def holders(stack: Ds01Stack) -> dict[str, str | None]:

@@ -15,14 +15,12 @@ import json
 import os
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.harness.users import ensure_user
-from tests.stack.ds01 import IMAGE, Ds01Stack
+from tests.stack.ds01 import IMAGE, Ds01Stack, small_gpu_stack, without_containers
 
 pytestmark = [pytest.mark.docker, pytest.mark.e2e]
 
@@ -48,26 +46,14 @@ groups:
 
 @pytest.fixture(scope="module")
 def queue_stack():
-    for name in (ANN, BEN, CAL, DOT, ADA):
-        ensure_user(name)
-    s = Ds01Stack(
-        Path(tempfile.mkdtemp(prefix="ds01q-", dir="/tmp")),
-        POLICY,
-        inventory="tests/fixtures/inventory-small.yaml",
-    )
-    s.start()
-    try:
-        yield s
-    finally:
-        s.stop()
+    with small_gpu_stack(POLICY, (ANN, BEN, CAL, DOT, ADA), "ds01q-") as stack:
+        yield stack
 
 
 @pytest.fixture
 def stack(queue_stack):
-    queue_stack.remove_all_containers()
-    time.sleep(0.5)  # destroy events release the devices
-    yield queue_stack
-    queue_stack.remove_all_containers()
+    with without_containers(queue_stack):
+        yield queue_stack
 
 
 def hold_both(stack: Ds01Stack) -> None:

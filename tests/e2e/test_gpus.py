@@ -4,15 +4,12 @@ whose nvidia device driver runs the fake runtime hook (no GPU needed)."""
 from __future__ import annotations
 
 import json
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.harness.fake_nvidia_hook import read_hook_records
-from tests.harness.users import ensure_user
-from tests.stack.ds01 import IMAGE, Ds01Stack
+from tests.stack.ds01 import IMAGE, small_gpu_stack, without_containers
 
 pytestmark = [pytest.mark.docker, pytest.mark.e2e]
 
@@ -42,26 +39,14 @@ groups:
 
 @pytest.fixture(scope="module")
 def gpu_stack():
-    for name in (STUDENT, OTHER, RESEARCHER, WAITER):
-        ensure_user(name)
-    s = Ds01Stack(
-        Path(tempfile.mkdtemp(prefix="ds01g-", dir="/tmp")),
-        POLICY,
-        inventory="tests/fixtures/inventory-small.yaml",
-    )
-    s.start()
-    try:
-        yield s
-    finally:
-        s.stop()
+    with small_gpu_stack(POLICY, (STUDENT, OTHER, RESEARCHER, WAITER), "ds01g-") as stack:
+        yield stack
 
 
 @pytest.fixture
 def gpus(gpu_stack):
-    gpu_stack.remove_all_containers()
-    time.sleep(0.5)  # destroy events release the devices
-    yield gpu_stack
-    gpu_stack.remove_all_containers()
+    with without_containers(gpu_stack):
+        yield gpu_stack
 
 
 def env_of(stack, name: str) -> dict[str, str]:

@@ -13,7 +13,6 @@ walk of their home sees only what these tests put there.
 from __future__ import annotations
 
 import grp
-import hashlib
 import io
 import json
 import os
@@ -22,7 +21,6 @@ import shutil
 import stat
 import subprocess
 import tarfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,24 +47,14 @@ BASE_POLICY = POLICY.replace(STUDENTS, f"members: [e2e-alice, e2e-bob, {MAL}]")
 # --- helpers -------------------------------------------------------------------------------
 
 
-def load_policy(stack: Ds01Stack, text: str) -> None:
-    """Replace the policy and wait until ds01d logs that it loaded exactly this text."""
-    stack.set_policy(text)
-    sha = hashlib.sha256(text.encode()).hexdigest()[:12]
-    deadline = time.monotonic() + 15
-    while sha not in stack.log.read_text(errors="replace"):
-        assert time.monotonic() < deadline, "ds01d did not reload the policy"
-        time.sleep(0.1)
-
-
 @contextmanager
 def mallory_policy(stack: Ds01Stack, entry: str) -> Iterator[None]:
     """Give mallory a ``users:`` entry (YAML lines, 4-space indented) for the block's length."""
-    load_policy(stack, f"{BASE_POLICY}users:\n  {MAL}:\n{entry}")
+    stack.load_policy(f"{BASE_POLICY}users:\n  {MAL}:\n{entry}")
     try:
         yield
     finally:
-        load_policy(stack, BASE_POLICY)
+        stack.load_policy(BASE_POLICY)
 
 
 def sh(command: str, user: str = MAL) -> subprocess.CompletedProcess[str]:
@@ -168,11 +156,11 @@ def hx(stack, users):
     """The shared stack with mallory as a student; the policy is put back afterwards."""
     ensure_user(MAL, groups=(TEAM,))
     os.chmod(HOME, 0o750)  # a home as most distributions make it
-    load_policy(stack, BASE_POLICY)
+    stack.load_policy(BASE_POLICY)
     try:
         yield stack
     finally:
-        load_policy(stack, POLICY)
+        stack.load_policy(POLICY)
 
 
 @pytest.fixture

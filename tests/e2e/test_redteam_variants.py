@@ -11,12 +11,10 @@ The attacker is a dedicated student (e2e-rtmal) so nothing here depends on other
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pwd
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,15 +39,6 @@ RT_POLICY = POLICY.replace(STUDENTS, f"members: [e2e-alice, e2e-bob, {RT}]")
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def load_policy(stack: Ds01Stack, text: str) -> None:
-    stack.set_policy(text)
-    sha = hashlib.sha256(text.encode()).hexdigest()[:12]
-    deadline = time.monotonic() + 15
-    while sha not in stack.log.read_text(errors="replace"):
-        assert time.monotonic() < deadline, "ds01d did not reload the policy"
-        time.sleep(0.1)
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
@@ -114,11 +103,11 @@ def rt(stack, users):
     """The shared stack with e2e-rtmal as a student; the policy is put back afterwards."""
     ensure_user(RT, groups=(TEAM,))
     os.chmod(HOME, 0o750)
-    load_policy(stack, RT_POLICY)
+    stack.load_policy(RT_POLICY)
     try:
         yield stack
     finally:
-        load_policy(stack, POLICY)
+        stack.load_policy(POLICY)
 
 
 @pytest.fixture

@@ -6,6 +6,8 @@ unix socket, real Unix users as clients. The GPU hook is the fake from the harne
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import resource
@@ -14,13 +16,16 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tests.harness.dockerd import PrivateDockerd, remove_plugin_spec, write_plugin_spec
 from tests.harness.fake_nvidia_hook import default_record_path, install_fake_hook
 from tests.harness.host_ledger import add_mode_bits, claim_new_cgroups, claim_path, ds01_cgroups
 from tests.harness.images import import_busybox_image
+from tests.harness.users import ensure_user
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = "ds01-busybox:latest"
@@ -172,6 +177,15 @@ class Ds01Stack:
         self.proc.send_signal(signal.SIGHUP)
         time.sleep(0.3)
 
+    def load_policy(self, text: str, timeout: float = 15.0) -> None:
+        """``set_policy``, then wait until ds01d logs that it loaded exactly this text."""
+        self.set_policy(text)
+        sha = hashlib.sha256(text.encode()).hexdigest()[:12]
+        deadline = time.monotonic() + timeout
+        while sha not in self.log.read_text(errors="replace"):
+            assert time.monotonic() < deadline, "ds01d did not reload the policy"
+            time.sleep(0.1)
+
     def docker(
         self,
         *args: str,
@@ -239,3 +253,32 @@ class Ds01Stack:
         ids = self.docker("ps", "-aq", direct=True).stdout.split()
         if ids:
             self.docker("rm", "-f", *ids, direct=True)
+
+
+@contextlib.contextmanager
+def small_gpu_stack(policy: str, users: Iterable[str], prefix: str) -> Iterator[Ds01Stack]:
+    """A stack on the small GPU inventory (tests/fixtures/inventory-small.yaml: one whole GPU,
+    two MIG instances) with ``users`` made first; stopped when the block ends."""
+    for name in users:
+        ensure_user(name)
+    stack = Ds01Stack(
+        Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp")),
+        policy,
+        inventory="tests/fixtures/inventory-small.yaml",
+    )
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@contextlib.contextmanager
+def without_containers(stack: Ds01Stack) -> Iterator[Ds01Stack]:
+    """The stack with no container before and after the block, every GPU free again."""
+    stack.remove_all_containers()
+    time.sleep(0.5)  # destroy events release the devices
+    try:
+        yield stack
+    finally:
+        stack.remove_all_containers()
