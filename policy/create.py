@@ -7,6 +7,7 @@ come only from the allocator, through :func:`apply_allocation`).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from typing import Any
 
@@ -31,7 +32,7 @@ from .identity import Identity
 from .images import check_image_use
 from .limits import Limits
 from .mounts import check_bind_options, container_bind_sources, host_bind_sources, pin_bind
-from .networks import check_create_networks
+from .networks import check_create_networks, endpoint_links, pin_endpoint_links
 from .ports import check_ports
 from .resources import apply_resources
 from .run_as import checked_group_add, checked_user, runs_as_user, with_no_new_privileges
@@ -322,6 +323,8 @@ def _check_references(
     """Other containers the body names (namespaces, VolumesFrom, links) must be the user's;
     each is then named by the full ID that was checked, which dockerd cannot resolve again
     to another container."""
+    for settings in _endpoints(body).values():
+        endpoint_links(settings)  # raises Denied when malformed
     full: dict[str, str] = {}
     for ref in referenced_containers(body):
         facts = state.related.get(f"container:{ref}")
@@ -330,6 +333,9 @@ def _check_references(
         full[ref] = facts.id or ref
     if full:
         _pin_references(host, full)
+        for settings in _endpoints(body).values():
+            if endpoint_links(settings):
+                pin_endpoint_links(settings, full)
 
 
 def _pin_references(host: dict[str, Any], full: dict[str, str]) -> None:
@@ -368,7 +374,15 @@ def referenced_containers(body: dict[str, Any]) -> list[str]:
         refs.append(entry.split(":", 1)[0])
     for link in host.get("Links") or []:
         refs.append(link.split(":", 1)[0].lstrip("/"))
+    for settings in _endpoints(body).values():
+        with contextlib.suppress(Denied):  # a malformed one is refused by _check_references
+            refs.extend(endpoint_links(settings))  # links made on a user-defined network
     return refs
+
+
+def _endpoints(body: dict[str, Any]) -> dict[str, Any]:
+    endpoints = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
+    return endpoints if isinstance(endpoints, dict) else {}
 
 
 def referenced_volumes(body: dict[str, Any]) -> list[str]:

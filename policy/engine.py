@@ -475,10 +475,16 @@ def _network_object(
         container = state.related.get(f"container:{body.get('Container')}")
         if container is None or container.owner != identity.user:
             return not_found("container", str(body.get("Container")))
-        if container.id and body.get("Container") != container.id:
-            # Named by the full ID that was checked: dockerd would resolve a name again.
-            body["Container"] = container.id
-            return allow(body=body, changes=(f"Container={container.id}",))
+        before = copy.deepcopy(body)
+        problem = network_rules.check_connect_endpoint(
+            body.get("EndpointConfig"), target, identity, state
+        )
+        if problem is not None:
+            return problem
+        # Named by the full IDs that were checked: dockerd would resolve a name again.
+        body["Container"] = container.id or body["Container"]
+        if body != before:
+            return allow(body=body, changes=(f"Container={body['Container']}",))
     return allow()
 
 

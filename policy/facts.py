@@ -180,11 +180,16 @@ def needs_volume(parsed: ParsedRequest) -> FactRequests:
 
 
 def needs_network(parsed: ParsedRequest) -> FactRequests:
-    """A network and, for connect/disconnect, the container the body names."""
+    """A network and, for connect/disconnect, the containers the body names (the one
+    connected, and those its endpoint links to)."""
     body = parsed.body if isinstance(parsed.body, dict) else {}
-    container = body.get("Container")
-    related = (
-        (ObjectRef("container", container),) if isinstance(container, str) and container else ()
+    names = [body.get("Container")]
+    settings = body.get("EndpointConfig")
+    links = settings.get("Links") if isinstance(settings, dict) else None
+    if isinstance(links, list):
+        names += [link.split(":", 1)[0].lstrip("/") for link in links if isinstance(link, str)]
+    related = tuple(
+        dict.fromkeys(ObjectRef("container", n) for n in names if isinstance(n, str) and n)
     )
     return FactRequests(target=ObjectRef("network", _param(parsed, "id")), related=related)
 

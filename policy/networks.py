@@ -17,7 +17,7 @@ from typing import Any
 
 from formats.labels import LABEL_USER
 
-from .decision import Decision, Denied, deny
+from .decision import Decision, Denied, deny, not_found
 from .identity import Identity
 from .limits import Limits
 from .state import State
@@ -148,3 +148,62 @@ def redact_conflict(message: str) -> str:
 
 def _who(limits: Limits) -> str:
     return f"group {limits.group}" if limits.group != "default" else f"user {limits.user}"
+
+
+# ---- endpoint settings (container create's EndpointsConfig, network connect's EndpointConfig)
+
+
+def endpoint_links(settings: Any) -> list[str]:
+    """The containers an endpoint's legacy links name (``name[:alias]``), for lookup.
+
+    Raises ``Denied`` when ``Links`` is not a list of strings (dockerd would refuse it too).
+    """
+    links = settings.get("Links") if isinstance(settings, dict) else None
+    if not links:
+        return []
+    if not isinstance(links, list) or not all(isinstance(link, str) and link for link in links):
+        raise Denied(
+            deny("bad_body", "an endpoint's Links is not a list of names", "use --link NAME:ALIAS")
+        )
+    return [link.split(":", 1)[0].lstrip("/") for link in links]
+
+
+def pin_endpoint_links(settings: dict[str, Any], full: dict[str, str]) -> None:
+    """Name each linked container by the full ID that was checked (its alias kept)."""
+    pinned = []
+    for link in settings.get("Links") or []:
+        name, _, alias = link.partition(":")
+        pinned.append(f"{full[name.lstrip('/')]}:{alias or name.lstrip('/')}")
+    settings["Links"] = pinned
+
+
+def check_connect_endpoint(
+    settings: Any, network: Any, identity: Identity, state: State
+) -> Decision | None:
+    """A network connect's ``EndpointConfig`` for a non-admin: its ``NetworkID`` (by which
+    dockerd would attach) may only name the network connected to, and is forwarded as its full
+    ID; its links only the user's own containers, by full ID. None: allowed (settings pinned).
+    """
+    if settings is None:
+        return None
+    if not isinstance(settings, dict):
+        return deny("bad_body", "EndpointConfig is not an object", "send EndpointConfig as {...}")
+    network_id = settings.get("NetworkID") or ""
+    if network_id:
+        named = network_id in (network.id, network.name)
+        if not named and not (isinstance(network_id, str) and network.id.startswith(network_id)):
+            return deny(
+                "network_endpoint",
+                "EndpointConfig.NetworkID names another network than the one connected to",
+                "drop EndpointConfig.NetworkID",
+            )
+        settings["NetworkID"] = network.id
+    full: dict[str, str] = {}
+    for name in endpoint_links(settings):
+        container = state.related.get(f"container:{name}")
+        if container is None or container.owner != identity.user:
+            return not_found("container", name)
+        full[name] = container.id or name
+    if full:
+        pin_endpoint_links(settings, full)
+    return None

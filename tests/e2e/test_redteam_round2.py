@@ -87,6 +87,36 @@ def test_connect_or_disconnect_alices_container_looks_missing(clean, nets, alice
     assert sorted(inspect(clean, alice_box)["NetworkSettings"]["Networks"]) == before
 
 
+@pytest.mark.parametrize("running", [True, False], ids=["running", "created"])
+def test_connect_endpoint_network_id_cannot_join_alices_network(clean, nets, running):
+    """Bob connects his container to his network with EndpointConfig.NetworkID naming
+    alice's: dockerd would attach by that ID. Refused; his container never joins hers."""
+    _, a_id, b_name = nets
+    verb = ["run", "-d"] if running else ["create"]
+    own = ok(clean.docker(*verb, IMAGE, "sleep", "300", user=BOB)).strip()
+    for network_id in (a_id, a_id[:12]):
+        body = {"Container": own, "EndpointConfig": {"NetworkID": network_id}}
+        status, answer = jpost(BOB, clean, f"{V}/networks/{b_name}/connect", body)
+        assert status == 403 and "EndpointConfig.NetworkID" in answer["message"], answer
+    if not running:
+        clean.docker("start", own, user=BOB)
+    joined = {
+        n.get("NetworkID") for n in inspect(clean, own)["NetworkSettings"]["Networks"].values()
+    }
+    assert a_id not in joined
+
+
+def test_connect_link_to_alices_container_looks_missing(clean, nets, alice_box):
+    """A legacy link made on connect (`docker network connect --link`) names only own containers."""
+    _, _, b_name = nets
+    own = ok(clean.docker("run", "-d", IMAGE, "sleep", "300", user=BOB)).strip()
+    name = inspect(clean, alice_box)["Name"].lstrip("/")
+    for ref in (alice_box, alice_box[:12], name):
+        body = {"Container": own, "EndpointConfig": {"Links": [f"{ref}:db"]}}
+        status, answer = jpost(BOB, clean, f"{V}/networks/{b_name}/connect", body)
+        assert status == 404, answer
+
+
 def test_create_endpoint_network_id_prefix_of_alices_network(clean, nets):
     """Create on one's own network whose endpoint names alice's network by ID prefix."""
     _, a_id, b_name = nets

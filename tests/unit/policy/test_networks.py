@@ -228,3 +228,91 @@ def test_conflict_message_names_no_container_id():
         "lists yours). You have to remove (or rename) that container to be able to reuse "
         "that name."
     )
+
+
+BOB_NET = ObjectFacts(
+    kind="network", id="b0" * 32, owner="bob", name="bob-net", labels={"ds01.user": "bob"}
+)
+MINE, THEIRS = "c0ffee" * 10 + "c0ff", "7e1125" * 10 + "7e11"
+
+
+def _connect(endpoint: dict) -> Request:
+    return _req("POST", "/v1.41/networks/bob-net/connect", {"Container": "mine", **endpoint})
+
+
+# (row id, EndpointConfig, exact message or None when allowed, the endpoint dockerd then gets)
+ENDPOINT_ROWS = [
+    ("no_endpoint", {}, None, None),
+    ("network_id_of_this_network", {"NetworkID": BOB_NET.id}, None, {"NetworkID": BOB_NET.id}),
+    ("network_id_as_its_name", {"NetworkID": "bob-net"}, None, {"NetworkID": BOB_NET.id}),
+    ("network_id_as_a_prefix", {"NetworkID": "b0b0b0"}, None, {"NetworkID": BOB_NET.id}),
+    (
+        "network_id_of_another_users_network",
+        {"NetworkID": ALICE_NET.id},
+        "ds01: EndpointConfig.NetworkID names another network than the one connected to. "
+        "To fix: drop EndpointConfig.NetworkID",
+        None,
+    ),
+    (
+        "network_id_prefix_of_another",
+        {"NetworkID": "a1a1a1a1a1a1"},
+        "ds01: EndpointConfig.NetworkID names another network than the one connected to. "
+        "To fix: drop EndpointConfig.NetworkID",
+        None,
+    ),
+    ("link_to_own_container", {"Links": ["mine:db"]}, None, {"Links": [f"{MINE}:db"]}),
+    ("link_to_other_users", {"Links": ["theirs:db"]}, "No such container: theirs", None),
+    ("link_to_missing", {"Links": ["nobody"]}, "No such container: nobody", None),
+    (
+        "links_not_a_list",
+        {"Links": "theirs"},
+        "ds01: an endpoint's Links is not a list of names. To fix: use --link NAME:ALIAS",
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize("row", ENDPOINT_ROWS, ids=[r[0] for r in ENDPOINT_ROWS])
+def test_connect_endpoint_names_only_this_network_and_own_containers(row, limits_of):
+    """dockerd attaches by EndpointConfig.NetworkID and links by name: both are checked and
+    forwarded by full ID, or the connect is refused."""
+    _, endpoint, message, forwarded = row
+    related = {"container:mine": container("bob"), "container:theirs": container("alice", THEIRS)}
+    request = _connect({"EndpointConfig": endpoint} if endpoint else {})
+    decision = decide(request, BOB, limits_of(BOB), State(target=BOB_NET, related=related))
+    if message is not None:
+        assert not decision.allowed and decision.message == message
+        return
+    assert decision.allowed, decision.message
+    sent = decision.body if decision.body is not None else json.loads(request.body or b"{}")
+    assert sent["Container"] in ("mine", MINE)
+    if forwarded is not None:
+        assert sent["EndpointConfig"] == forwarded
+
+
+@pytest.mark.parametrize(
+    ("links", "message"),
+    [
+        (["mine:db"], None),
+        (["theirs:db"], "No such container: theirs"),
+        ([7], "ds01: an endpoint's Links is not a list of names. To fix: use --link NAME:ALIAS"),
+    ],
+)
+def test_create_endpoint_links_name_only_own_containers(links, message, limits_of):
+    """Links made on a user-defined network at create (compose v1's `links:`) are checked
+    like --link: another user's container looks missing, an own one is named by full ID."""
+    created = body("bob-net", {"bob-net": {"Links": links}})
+    related = {
+        **RELATED,
+        "network:bob-net": BOB_NET,
+        "container:mine": container("bob"),
+        "container:theirs": container("alice", THEIRS),
+    }
+    request = _req("POST", "/v1.41/containers/create", created)
+    decision = decide(request, BOB, limits_of(BOB), State(related=related))
+    if message is not None:
+        assert not decision.allowed and decision.message == message
+        return
+    assert decision.allowed, decision.message
+    endpoint = decision.body["NetworkingConfig"]["EndpointsConfig"]["bob-net"]
+    assert endpoint["Links"] == [f"{MINE}:db"]
