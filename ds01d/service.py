@@ -37,6 +37,7 @@ from policy.identity import Identity, direct_identity
 from policy.limits import Limits
 from policy.mounts import start_problem
 from policy.routes import Route
+from policy.slices import container_owner
 from policy.state import ObjectFacts, Request, State
 from policy.tls import without_rewrite
 
@@ -81,7 +82,7 @@ def facts_from_container(info: dict[str, Any], kind: str = "container") -> Objec
     return ObjectFacts(
         kind=kind,
         id=info.get("Id", ""),
-        owner=labels.get(LABEL_USER),
+        owner=container_owner(labels, info.get("HostConfig") or {}),
         name=(info.get("Name") or "").lstrip("/"),
         running=bool((info.get("State") or {}).get("Running")),
         labels=labels,

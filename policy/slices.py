@@ -19,6 +19,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from formats.labels import LABEL_USER
+
 # The CFS period every DS01 quota is expressed in (the kernel's and systemd's default).
 CPU_PERIOD_US = 100_000
 # The kernel refuses a CFS quota below 1 ms (EINVAL), in v1 and v2 alike.
@@ -114,6 +116,29 @@ def cgroup_parent(driver: str, user: str, group: str) -> str:
     if driver == "systemd":
         return slice_unit_name(user, group)
     return f"{CGROUPFS_ROOT}/{cgroupfs_dir_name(user)}"
+
+
+def user_of_cgroup_parent(parent: str) -> str | None:
+    """The user whose containers ``parent`` holds (inverse of :func:`cgroup_parent`, for
+    either driver, whatever the user's group); None for any other parent."""
+    if parent.startswith(f"{CGROUPFS_ROOT}/"):
+        name = parent[len(CGROUPFS_ROOT) + 1 :]
+        return cgroupfs_user_from_dir(name) if name and "/" not in name else None
+    parsed = parse_slice_unit_name(parent)
+    return parsed[0] if parsed is not None else None
+
+
+def container_owner(labels: Mapping[str, Any], host_config: Mapping[str, Any]) -> str | None:
+    """Who a container belongs to: its ``ds01.user`` label, believed only when its cgroup
+    parent is that user's. DS01 sets both on every container it creates for a user (the
+    gateway's create rewrite, a build's cgroupparent), while a label alone can come from the
+    image: dockerd copies an image's labels onto the containers it makes itself, such as a
+    legacy build's steps, which run in the builder's cgroup. None: no one's (admins only)."""
+    claimed = labels.get(LABEL_USER)
+    parent = host_config.get("CgroupParent")
+    if not isinstance(claimed, str) or not claimed or not isinstance(parent, str):
+        return None
+    return claimed if user_of_cgroup_parent(parent) == claimed else None
 
 
 def group_slice_name(group: str) -> str:

@@ -256,7 +256,8 @@ class FakeStartDocker:
     async def inspect_container(self, ref: str) -> dict[str, Any]:
         self.inspected += 1
         labels = {"ds01.user": "alice", "ds01.devices": GPU}
-        return {"Id": "c" * 64, "Name": "/web", "Config": {"Labels": labels}, "HostConfig": {}}
+        host = {"CgroupParent": "/ds01/alice"}  # as DS01 created it: the owner checks out
+        return {"Id": "c" * 64, "Name": "/web", "Config": {"Labels": labels}, "HostConfig": host}
 
 
 class BusyBroker:

@@ -181,7 +181,12 @@ class LabelledDocker:
         if owner is None:
             return None
         full = MINE_ID if name == "mine" else THEIRS_ID
-        return {"Id": full, "Name": f"/{name}", "Config": {"Labels": {"ds01.user": owner}}}
+        return {
+            "Id": full,
+            "Name": f"/{name}",
+            "Config": {"Labels": {"ds01.user": owner}},
+            "HostConfig": {"CgroupParent": f"/ds01/{owner}"},  # as DS01 created it
+        }
 
     async def inspect_volume(self, ref: str) -> None:
         return None

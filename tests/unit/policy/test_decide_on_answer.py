@@ -76,8 +76,15 @@ def _service(tmp_path) -> Service:
 
 def _inspect(owner: str | None) -> bytes:
     labels = {"ds01.user": owner} if owner else {}
+    host = {"CgroupParent": f"/ds01/{owner}"} if owner else {}  # as DS01 created it
     return json.dumps(
-        {"Id": "c0ffee" * 4, "Name": "/web", "Config": {"Labels": labels}, "State": {}}
+        {
+            "Id": "c0ffee" * 4,
+            "Name": "/web",
+            "Config": {"Labels": labels},
+            "HostConfig": host,
+            "State": {},
+        }
     ).encode()
 
 
