@@ -118,8 +118,9 @@ class Api:
                             "deadline": ticket.deadline,
                         }
                     )
-        containers = await self.service.docker.list_containers(
-            {"label": [f"{LABEL_USER}={identity.user}"]}
+        containers = self.service.owners.screen(
+            await self.service.docker.list_containers({"label": [f"{LABEL_USER}={identity.user}"]}),
+            identity.user,
         )
         usage = broker.ledger.usage(identity.user) if broker else None
         return {
@@ -155,8 +156,11 @@ class Api:
         if everyone:
             self._admin(limits, "ds01 ps --all")
         filters = None if everyone else {"label": [f"{LABEL_USER}={identity.user}"]}
+        listed = await self.service.docker.list_containers(filters)
+        if not everyone:
+            listed = self.service.owners.screen(listed, identity.user)
         rows = []
-        for c in await self.service.docker.list_containers(filters):
+        for c in listed:
             labels = c.get("Labels") or {}
             row = {
                 "id": c.get("Id"),

@@ -97,8 +97,10 @@ class CreateSaga:
         record: Callable[[Decision], None],  # the service recorded nothing for this create
         event: Callable[..., None],
         tell: Callable[[str], None] | None = None,
+        created: Callable[[str], None] | None = None,
     ) -> None:
         self.identity, self.limits, self.decision, self.state = identity, limits, decision, state
+        self.created = created  # told the new container's ID before its creator sees it
         self.docker, self.gpus, self.cgroups, self.clock = docker, gpus, cgroups, clock
         self.record = record  # the one decision path: metrics and audit, GPU refusals too
         self.event = event  # the audit log's other events
@@ -200,6 +202,8 @@ class CreateSaga:
         if container_id is None:
             return
         self.container_id = container_id
+        if self.created is not None:
+            self.created(container_id)
         self.event(
             "created",
             user=self.identity.user,

@@ -328,9 +328,20 @@ class Daemon:
             log.info("metrics on http://%s/metrics", self.args.metrics_address)
         self.broker.on_change()
         self.tasks.append(asyncio.create_task(self._watch_policy()))
+        self.events.listeners.append(self.service.owners.on_event)
+        self.tasks.append(asyncio.create_task(self._scan_owners()))
         self.tasks.append(asyncio.create_task(self.events.follow()))
         self.tasks.append(asyncio.create_task(self.events.periodic()))
         self.tasks.append(asyncio.create_task(self.lifecycle.run()))
+
+    async def _scan_owners(self) -> None:
+        """Verify every labelled container once dockerd answers, so that the first
+        ``docker ps`` after a start lists them (ds01d/container_owners.py)."""
+        await self.events.connected.wait()
+        try:
+            await self.service.owners.scan()
+        except Exception as exc:  # each list then verifies what it meets
+            log.warning("could not verify the containers' owners at start: %s", exc)
 
     async def _watch_policy(self) -> None:
         while not self.stopping.is_set():

@@ -12,6 +12,7 @@ from typing import Any
 
 from ds01d.api import PREFIX as API_PREFIX
 from ds01d.api import Api
+from ds01d.container_owners import ContainerOwners
 from ds01d.create_saga import CreateSaga
 from ds01d.docker_client import DockerError
 from ds01d.identities import IdentityCache
@@ -225,6 +226,7 @@ class GatewayHandler:
             record=record,
             event=service.recorder.event,
             tell=tell,
+            created=lambda container_id: service.owners.created(container_id, identity.user),
         )
 
     def _screen(
@@ -247,7 +249,11 @@ class GatewayHandler:
         on_response: Callable[[int, bytes], Reply | None] | None,
         answer_limit: int,
     ) -> tuple[Callable[[int, bytes], Reply | None] | None, int]:
-        """Answers a non-admin may see only in part: network lists and inspects, conflicts."""
+        """Answers a non-admin may see only in part: container and network lists, network
+        inspects, conflicts."""
+        if route.method == "GET" and route.endpoint == "/containers/json":
+            # dockerd filtered by the owner label; only containers verified as the user's stay
+            return _screen_containers(self.service.owners, identity.user), MAX_SCREENED_ANSWER
         if route.method == "GET" and route.endpoint in _NETWORK_READS:
             owned = await self.service.docker.list_containers(
                 {"label": [f"{LABEL_USER}={identity.user}"]}
@@ -257,6 +263,26 @@ class GatewayHandler:
         if route.endpoint in _CONFLICT_ANSWERS:
             return _redact_conflicts(on_response), answer_limit or MAX_CREATE_ANSWER
         return on_response, answer_limit
+
+
+def _screen_containers(owners: ContainerOwners, user: str) -> Callable[[int, bytes], Reply | None]:
+    """``docker ps`` as a non-admin sees it: their verified containers (ds01d/container_owners)."""
+
+    def on_response(status: int, answer: bytes) -> Reply | None:
+        if status != 200:
+            return None
+        try:
+            listed = json.loads(answer)
+        except ValueError:
+            return json_reply(502, "ds01: could not read the Docker daemon's container list")
+        if not isinstance(listed, list):
+            return json_reply(502, "ds01: could not read the Docker daemon's container list")
+        shown = owners.screen(listed, user)
+        if len(shown) == len(listed):
+            return None  # dockerd's own bytes, relayed unchanged
+        return Reply(status=200, body=json.dumps(shown).encode())
+
+    return on_response
 
 
 def _screen_networks(

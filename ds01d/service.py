@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from authz_plugin.authz import ALLOW, AuthzAnswer, AuthzRequest
+from ds01d.container_owners import ContainerOwners
 from ds01d.docker_client import DockerError
 from ds01d.identities import identity_for_tls_user
 from ds01d.image_owners import ImageOwners
@@ -195,6 +196,7 @@ class Service:
         self.cgroups = cgroups
         self.clock = clock
         self.tickets = Tickets()
+        self.owners = ContainerOwners(docker)  # whose each listed container is, verified
         self.image_owners = ImageOwners()  # the daemon gives it the state dir's file
         # What every decision's state shares: this host's facts.
         self._host_facts: dict[str, Any] = {

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pwd
 import socket
+import subprocess
 import tarfile
 import time
 import uuid
@@ -18,6 +20,7 @@ from urllib.parse import quote
 
 import pytest
 
+from tests.harness.host_ledger import temp_dir
 from tests.stack.ds01 import IMAGE, Ds01Stack
 from tests.stack.rawhttp import as_user, request
 
@@ -570,3 +573,52 @@ def test_no_request_smuggled_by_framing_variants(clean, head, body):
     out = _raw(BOB, clean, (first + second).encode())
     assert alice not in out
     assert inspect(clean, alice)["State"]["Running"]
+
+
+def test_a_base_image_label_does_not_give_alices_build_steps_to_bob(clean):
+    """A shared base image labelled ds01.user=e2e-bob (bob published it): alice's legacy
+    build FROM it runs its RUN steps in containers dockerd labels from the image. They are
+    not bob's: he does not list them, cannot exec, copy out of or into them."""
+    base = f"r2base{uuid.uuid4().hex[:6]}:1"
+    seed = ok(clean.docker("create", IMAGE, "true", direct=True)).strip()
+    ok(clean.docker("commit", "--change", f"LABEL ds01.user={BOB}", seed, base, direct=True))
+    ctx = temp_dir("ds01-r2b-")
+    os.chmod(ctx, 0o755)
+    (ctx / "secret").write_text("alice-secret\n")
+    (ctx / "Dockerfile").write_text(f"FROM {base}\nCOPY secret /secret\nRUN sleep 8\n")
+    for name in ("secret", "Dockerfile"):
+        os.chmod(ctx / name, 0o644)
+    env = [f"DOCKER_HOST={clean.gateway}", "HOME=/tmp", "DOCKER_BUILDKIT=0", "PATH=/usr/bin:/bin"]
+    tag = f"{ALICE}/secret-project:{uuid.uuid4().hex[:6]}"
+    build = subprocess.Popen(
+        ["runuser", "-u", ALICE, "--", "env", *env, "docker", "build", "-t", tag, str(ctx)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        step = ""
+        deadline = time.monotonic() + 60
+        while not step and time.monotonic() < deadline and build.poll() is None:
+            step = ok(clean.docker("ps", "-q", "--no-trunc", direct=True)).strip()
+            time.sleep(0.2)
+        assert step, "the build's RUN step was not seen running"
+        assert inspect(clean, step)["Config"]["Labels"].get("ds01.user") == BOB  # the premise
+        assert step not in clean.docker("ps", "-q", "--no-trunc", user=BOB).stdout
+        for attempt in (
+            ("exec", step, "cat", "/secret"),
+            ("cp", f"{step}:/secret", "-"),
+            ("cp", "/etc/hostname", f"{step}:/planted-by-bob"),
+            ("inspect", step),
+        ):
+            tried = clean.docker(*attempt, user=BOB)
+            assert tried.returncode != 0 and "alice-secret" not in tried.stdout, attempt
+            assert "no such" in tried.stderr.lower(), tried.stderr
+        out, _ = build.communicate(timeout=120)
+        assert build.returncode == 0, out
+        planted = clean.docker("run", "--rm", tag, "ls", "/planted-by-bob", user=ALICE)
+        assert planted.returncode != 0, "bob planted a file in alice's image"
+    finally:
+        if build.poll() is None:
+            build.kill()
+        clean.docker("rmi", "-f", tag, base, direct=True)
