@@ -290,10 +290,26 @@ def owner_filter_query(route: Route, user: str) -> dict[str, list[str]]:
 def _owner_filtered(route: Route, identity: Identity, limits: Limits) -> Decision:
     if limits.is_admin:
         return allow()
-    return allow(
-        query=owner_filter_query(route, identity.user),
-        changes=(f"filters label={LABEL_USER}={identity.user}",),
-    )
+    query = owner_filter_query(route, identity.user)
+    changes = (f"filters label={LABEL_USER}={identity.user}",)
+    if route.endpoint == "/events":
+        # Image events carry the image's labels, which anyone may have written (a base image
+        # labelled with a user's name would show them others' tags): containers' events only.
+        filters = json.loads(query["filters"][0])
+        asked = filters.get("type")
+        if asked and "container" not in asked:
+            return deny(
+                "events_containers_only",
+                "docker events shows you the events of your containers only",
+                "drop --filter type=..., or use --filter type=container",
+            )
+        # in the form dockerd was given the owner label in (it reads one form, not a mix)
+        filters["type"] = (
+            {"container": True} if isinstance(filters["label"], dict) else ["container"]
+        )
+        query["filters"] = [json.dumps(filters, separators=(",", ":"))]
+        changes = (*changes, "filters type=container")
+    return allow(query=query, changes=changes)
 
 
 def _owned_object(

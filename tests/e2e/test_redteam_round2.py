@@ -622,3 +622,25 @@ def test_a_base_image_label_does_not_give_alices_build_steps_to_bob(clean):
         if build.poll() is None:
             build.kill()
         clean.docker("rmi", "-f", tag, base, direct=True)
+
+
+def test_a_base_image_label_does_not_show_bob_alices_image_events(clean):
+    """Image events carry the image's labels: alice tagging a base image labelled
+    ds01.user=e2e-bob into her namespace must not reach bob's `docker events`."""
+    base = f"r2base{uuid.uuid4().hex[:6]}:1"
+    seed = ok(clean.docker("create", IMAGE, "true", direct=True)).strip()
+    ok(clean.docker("commit", "--change", f"LABEL ds01.user={BOB}", seed, base, direct=True))
+    since = str(int(time.time()) - 5)
+    tag = f"{ALICE}/secret-project:{uuid.uuid4().hex[:6]}"
+    try:
+        ok(clean.docker("tag", base, tag, user=ALICE))
+        until = str(int(time.time()) + 1)
+        shown = clean.docker("events", "--since", since, "--until", until, user=BOB)
+        assert shown.returncode == 0, shown.stderr
+        assert "secret-project" not in shown.stdout, shown.stdout
+        asked = clean.docker(
+            "events", "--since", since, "--until", until, "--filter", "type=image", user=BOB
+        )
+        assert asked.returncode != 0 and "your containers only" in asked.stderr, asked.stderr
+    finally:
+        clean.docker("rmi", "-f", tag, base, direct=True)

@@ -37,7 +37,35 @@ def filters_after(limits_of, target: str, who=ALICE) -> dict | None:
 def test_owner_filter_is_added_in_the_clients_form(limits_of, endpoint, given, expected):
     """dockerd parses filters in one form or the other, never a mix, so ours matches theirs."""
     target = endpoint + (f"?filters={quote(json.dumps(given))}" if given is not None else "")
+    if endpoint.endswith("/events"):  # containers' events only, in the same form
+        map_form = isinstance(expected["label"], dict)
+        expected = {**expected, "type": {"container": True} if map_form else ["container"]}
     assert filters_after(limits_of, target) == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "allowed"),
+    [
+        ({"type": ["container"]}, True),
+        ({"type": {"container": True, "image": True}}, True),
+        ({"type": ["image"]}, False),
+        ({"type": ["network", "volume"]}, False),
+    ],
+)
+def test_a_users_events_are_their_containers_only(limits_of, given, allowed):
+    """Image events carry the image's labels (anyone's to write): a user sees container
+    events only, and asking only for other kinds is refused with the reason."""
+    target = f"/v1.41/events?filters={quote(json.dumps(given))}"
+    decision = decide(Request("GET", target), ALICE, limits_of(ALICE), State())
+    assert decision.allowed == allowed, decision.message
+    if allowed:
+        shown = json.loads(decision.query["filters"][0])["type"]
+        assert shown in (["container"], {"container": True})
+    else:
+        assert decision.message == (
+            "ds01: docker events shows you the events of your containers only. "
+            "To fix: drop --filter type=..., or use --filter type=container"
+        )
 
 
 def test_admins_lists_are_not_filtered(limits_of):
