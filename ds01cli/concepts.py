@@ -118,7 +118,8 @@ line in your training loop) for longer. It does not lift `max_runtime`.""",
 `max_cpus`, `memory`, `shm_size` and `pids_limit` are per container: the default when you
 ask for nothing, and the most you may ask for (`--cpus`, `-m`, `--shm-size`,
 `--pids-limit`). `aggregate` caps all your containers together (the kernel enforces it).
-`max_containers` counts your containers in any state. Your values come from `defaults`,
+`max_containers` counts your containers in any state, `max_networks` your networks (each
+takes one of the server's few address pools). Your values come from `defaults`,
 your groups and your own entry; `ds01 limits` shows them and where each comes from.""",
         (
             "max_cpus",
@@ -127,6 +128,7 @@ your groups and your own entry; `ds01 limits` shows them and where each comes fr
             "pids_limit",
             "aggregate",
             "max_containers",
+            "max_networks",
             "defaults",
             "groups",
             "users",

@@ -404,7 +404,15 @@ class Service:
         if needs.user_containers:
             owned = await self.docker.list_containers({"label": [f"{LABEL_USER}={identity.user}"]})
             count = len(owned)
-        return self._state(target=target, related=related, user_containers=count)
+        networks = 0
+        if needs.user_networks:
+            owner = json.dumps({"label": [f"{LABEL_USER}={identity.user}"]})
+            networks = len(
+                await self.docker.request("GET", "/networks", params={"filters": owner}) or []
+            )
+        return self._state(
+            target=target, related=related, user_containers=count, user_networks=networks
+        )
 
     # ---- the AuthZ plugin's view ---------------------------------------------------------
 

@@ -291,7 +291,7 @@ def _owner_filtered(route: Route, identity: Identity, limits: Limits) -> Decisio
     if limits.is_admin:
         return allow()
     query = owner_filter_query(route, identity.user)
-    changes = (f"filters label={LABEL_USER}={identity.user}",)
+    changes: tuple[str, ...] = (f"filters label={LABEL_USER}={identity.user}",)
     if route.endpoint == "/events":
         # Image events carry the image's labels, which anyone may have written (a base image
         # labelled with a user's name would show them others' tags): containers' events only.
@@ -462,6 +462,14 @@ def _network_create(
                 "--subnet, --ip-range, --gateway and --aux-address are chosen by dockerd",
                 "create the network without them",
             )
+        if limits.max_networks is not None and state.user_networks >= limits.max_networks:
+            return deny(
+                "max_networks",
+                f"you already have {state.user_networks} networks, the limit for "
+                f"{create_rules.who(limits)} is {limits.max_networks} (the server's network "
+                "address pools are shared by everyone)",
+                "remove networks you no longer need (docker network ls; docker network rm NAME)",
+            )
     body["Labels"] = create_rules.owned_labels(body.get("Labels"), identity.user)
     return allow(body=body, changes=(f"Labels {LABEL_USER}={identity.user}",))
 
@@ -567,7 +575,7 @@ _RULES: dict[str, Rule] = {
     "/containers/{id}/update": Rule(_container_update, needs.needs_container),
     "/containers/{id}/exec": Rule(_exec_create, needs.needs_container),
     "/volumes/create": Rule(_volume_create, needs.needs_volume_create),
-    "/networks/create": Rule(_network_create),
+    "/networks/create": Rule(_network_create, needs.needs_network_count),
     "/networks/{id}/connect": Rule(_network_object, needs.needs_network),
     "/networks/{id}/disconnect": Rule(_network_object, needs.needs_network),
     "/networks/{id}": Rule(_network_object, needs.needs_network),

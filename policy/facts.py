@@ -152,6 +152,7 @@ class FactRequests:
     tags: tuple[str, ...] = ()  # tags whose existence matters
     image_owners: bool = False  # the image ownership record
     user_containers: bool = False  # how many containers the user has (max_containers)
+    user_networks: bool = False  # how many networks the user has (max_networks)
 
 
 NO_FACTS = FactRequests()
@@ -192,6 +193,10 @@ def needs_network(parsed: ParsedRequest) -> FactRequests:
         dict.fromkeys(ObjectRef("container", n) for n in names if isinstance(n, str) and n)
     )
     return FactRequests(target=ObjectRef("network", _param(parsed, "id")), related=related)
+
+
+def needs_network_count(parsed: ParsedRequest) -> FactRequests:
+    return FactRequests(user_networks=True)
 
 
 def needs_volume_create(parsed: ParsedRequest) -> FactRequests:

@@ -32,6 +32,7 @@ _UNLIMITED_IS_NONE = {
     "max_gpu_equivalents",
     "max_gpus_per_container",
     "max_containers",
+    "max_networks",
     "max_cpus",
     "memory",
     "shm_size",
@@ -104,6 +105,9 @@ class Limits:
     allow_full_gpu: bool = False
     allowed_mig_profiles: tuple[str, ...] | None = None  # None = any profile
     max_containers: int | None = None
+    # dockerd has ~31 address pools for networks in all (15 x /16, 16 x /20): one user must
+    # not take them all, so there is a cap even when the policy names none.
+    max_networks: int | None = 8
     gpu_wait: float | None = 0.0
     preempt_idle: bool = False
     max_cpus: float | None = None

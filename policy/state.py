@@ -60,6 +60,7 @@ class State:
     target_in_answer: bool = False
     related: Mapping[str, ObjectFacts] = field(default_factory=dict)  # objects the body names
     user_containers: int = 0  # containers the user already has (for max_containers)
+    user_networks: int = 0  # networks the user already has (for max_networks)
     cgroup_driver: str = "cgroupfs"
     host_cpus: int | None = None  # dockerd refuses --cpus above the host's CPU count
     # Resolves symlinks on the host (os.path.realpath); injected so the engine stays pure.

@@ -644,3 +644,23 @@ def test_a_base_image_label_does_not_show_bob_alices_image_events(clean):
         assert asked.returncode != 0 and "your containers only" in asked.stderr, asked.stderr
     finally:
         clean.docker("rmi", "-f", tag, base, direct=True)
+
+
+def test_one_student_cannot_take_every_network_address_pool(clean):
+    """dockerd has ~31 address pools for all networks: bob may hold 8 (the default
+    max_networks), and alice can still create hers."""
+    tag = uuid.uuid4().hex[:6]
+    made: list[str] = []
+    try:
+        for i in range(8):
+            name = f"r2x-{tag}-{i}"
+            ok(clean.docker("network", "create", name, user=BOB))
+            made.append(name)
+        ninth = clean.docker("network", "create", f"r2x-{tag}-9", user=BOB)
+        assert ninth.returncode != 0 and "you already have 8 networks" in ninth.stderr
+        ok(clean.docker("network", "create", f"r2x-{tag}-alice", user=ALICE))
+        made.append(f"r2x-{tag}-alice")
+    finally:
+        if made:
+            removed = clean.docker("network", "rm", *made, direct=True)
+            assert removed.returncode == 0, removed.stderr  # a left-over one leaks a host bridge

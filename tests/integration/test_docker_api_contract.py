@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -176,3 +177,21 @@ async def test_ping_names_the_api_version_and_os(docker: DockerApi) -> None:
     major, _, minor = headers["api-version"].partition(".")
     assert major.isdigit() and minor.isdigit()
     assert headers["ostype"] == "linux"
+
+
+async def test_networks_are_listed_by_label(docker: DockerApi, name: str) -> None:
+    created = await docker.request(
+        "POST", "/networks/create", body={"Name": name, "Labels": LABELS}
+    )
+    try:
+        label = next(f"{k}={v}" for k, v in LABELS.items())
+        listed = await docker.request(
+            "GET", "/networks", params={"filters": json.dumps({"label": [label]})}
+        )
+        assert [n["Name"] for n in listed] == [name]
+        other = await docker.request(
+            "GET", "/networks", params={"filters": json.dumps({"label": ["ds01.user=nobody"]})}
+        )
+        assert other == []
+    finally:
+        await docker.request("DELETE", f"/networks/{created['Id']}")

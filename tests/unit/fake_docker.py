@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -162,6 +163,13 @@ class FakeDockerApi:
                 return None
             case "POST", ["networks", "create"]:
                 return self._create_network(body or {})
+            case "GET", ["networks"]:
+                wanted = json.loads(params.get("filters") or "{}").get("label", [])
+                return [
+                    n
+                    for n in self.networks.values()
+                    if _labels_match(n.get("Labels") or {}, wanted)
+                ]
             case "DELETE", ["networks", ref]:
                 network = _by_ref(self.networks, ref, "Name")
                 if network is None:

@@ -193,6 +193,22 @@ def test_network_create_is_owned(limits_of):
     assert decision.allowed and decision.body["Labels"] == {"ds01.user": "bob"}
 
 
+@pytest.mark.parametrize(
+    ("who", "held", "allowed"), [(BOB, 7, True), (BOB, 8, False), (ROOT, 50, True)]
+)
+def test_one_user_cannot_take_every_network_address_pool(limits_of, who, held, allowed):
+    """dockerd has ~31 address pools for all networks: a user holds 8 at most (the default)."""
+    request = _req("POST", "/v1.41/networks/create", {"Name": "n", "Driver": "bridge"})
+    decision = decide(request, who, limits_of(who), State(user_networks=held))
+    assert decision.allowed == allowed
+    if not allowed:
+        assert decision.message == (
+            "ds01: you already have 8 networks, the limit for group students is 8 (the "
+            "server's network address pools are shared by everyone). To fix: remove networks "
+            "you no longer need (docker network ls; docker network rm NAME)"
+        )
+
+
 def _net(name: str, owner: str | None, containers: dict) -> dict:
     labels = {"ds01.user": owner} if owner else {}
     return {"Name": name, "Id": name * 4, "Labels": labels, "Containers": containers}
