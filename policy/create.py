@@ -210,6 +210,14 @@ def _check_host_config(
         raise refuse(
             "isolation", f"--isolation {host['Isolation']} is not supported", "drop --isolation"
         )
+    if host.get("Cgroup"):
+        # container:<id> would put this container in another's cgroup (dockerd 20.10 ignores
+        # it; a later one may not): every container runs in its owner's own cgroup.
+        raise refuse(
+            "cgroup_parent",
+            f"HostConfig.Cgroup {host['Cgroup']!r} is chosen by DS01 (your own cgroup)",
+            "leave HostConfig.Cgroup empty",
+        )
     if host.get("CgroupParent") and host["CgroupParent"] != cgroup_parent(
         state.cgroup_driver, identity.user, limits.group
     ):

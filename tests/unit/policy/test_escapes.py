@@ -145,6 +145,12 @@ HOST_ESCAPES = [
         "ds01: --cgroup-parent is chosen by DS01 (your containers run in your own cgroup). To fix: drop --cgroup-parent",
     ),
     (
+        "cgroup_of_another_container",
+        {"Cgroup": "container:victim"},
+        HOME_STATE,
+        "ds01: HostConfig.Cgroup 'container:victim' is chosen by DS01 (your own cgroup). To fix: leave HostConfig.Cgroup empty",
+    ),
+    (
         "bind_root",
         {"Binds": ["/:/host"]},
         HOME_STATE,
