@@ -237,8 +237,9 @@ class Api:
         self, identity: Identity, limits: Limits, ref: str
     ) -> dict[str, Any]:
         info = await self.service.docker.inspect_container(ref)
-        owner = ((info or {}).get("Config") or {}).get("Labels", {}) or {}
-        if info is None or (owner.get(LABEL_USER) != identity.user and not limits.is_admin):
+        if info is None or (
+            self.service.owners.learn(info) != identity.user and not limits.is_admin
+        ):
             raise ApiError(404, f"No such container: {ref}")
         return info
 
