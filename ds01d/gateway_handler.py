@@ -45,8 +45,9 @@ MAX_CREATE_ANSWER = 64 * 1024
 _HIJACKED = {"/containers/{id}/attach", "/exec/{id}/start", "/session"}
 # Reads a non-admin sees screened (their networks and the predefined ones).
 _NETWORK_READS = {"/networks", "/networks/{id}"}
-# Answers that can name the container holding a name: told without its ID.
+# Answered by the gateway from dockerd's own recent answer (ds01d/ping.py).
 PING = "/_ping"
+# Answers that can name the container holding a name: told without its ID.
 _CONFLICT_ANSWERS = {"/containers/create", "/containers/{id}/rename"}
 
 
@@ -258,7 +259,9 @@ class GatewayHandler:
             owned = await self.service.docker.list_containers(
                 {"label": [f"{LABEL_USER}={identity.user}"]}
             )
-            own = frozenset(c.get("Id", "") for c in owned)
+            own = frozenset(
+                c.get("Id", "") for c in self.service.owners.screen(owned, identity.user)
+            )
             return _screen_networks(route, identity.user, own), MAX_SCREENED_ANSWER
         if route.endpoint in _CONFLICT_ANSWERS:
             return _redact_conflicts(on_response), answer_limit or MAX_CREATE_ANSWER
