@@ -9,6 +9,7 @@ once, builds the ``State`` and the engine decides once.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
@@ -185,10 +186,8 @@ def needs_network(parsed: ParsedRequest) -> FactRequests:
     connected, and those its endpoint links to)."""
     body = parsed.body if isinstance(parsed.body, dict) else {}
     names = [body.get("Container")]
-    settings = body.get("EndpointConfig")
-    links = settings.get("Links") if isinstance(settings, dict) else None
-    if isinstance(links, list):
-        names += [link.split(":", 1)[0].lstrip("/") for link in links if isinstance(link, str)]
+    with contextlib.suppress(Denied):  # malformed links are refused by the rule itself
+        names += network_rules.endpoint_links(body.get("EndpointConfig"))
     related = tuple(
         dict.fromkeys(ObjectRef("container", n) for n in names if isinstance(n, str) and n)
     )
