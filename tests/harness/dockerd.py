@@ -335,6 +335,7 @@ class PrivateDockerd:
         if proc is not None and proc.poll() is None:
             if kill_containers:
                 self._kill_running_containers()
+            self._remove_networks()
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=timeout)
@@ -345,6 +346,31 @@ class PrivateDockerd:
                 self._kill_orphans()
         self._unmount_leftovers()
         self._socket_path.unlink(missing_ok=True)
+
+    def _remove_networks(self, attempts: int = 20) -> None:
+        """Remove the networks tests left, through dockerd: each has a bridge on the host
+        (br-<id>) that would outlive this dockerd and its data-root, and take an address pool.
+
+        A container just killed may hold its endpoint for a moment: a few tries.
+        """
+        for _ in range(attempts):
+            listed = self._docker_quiet("network", "ls", "-q", "--filter", "type=custom")
+            if listed is None or not listed.split():
+                return
+            self._docker_quiet("network", "rm", *listed.split())
+            time.sleep(0.1)
+
+    def _docker_quiet(self, *args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                [docker_binary(), "-H", self.host, *args],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout if done.returncode == 0 else None
 
     def _kill_running_containers(self) -> None:
         """SIGKILL the init process of each container this daemon reports as running."""
