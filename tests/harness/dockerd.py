@@ -353,12 +353,26 @@ class PrivateDockerd:
 
         A container just killed may hold its endpoint for a moment: a few tries.
         """
-        for _ in range(attempts):
+        for attempt in range(attempts):
             listed = self._docker_quiet("network", "ls", "-q", "--filter", "type=custom")
             if listed is None or not listed.split():
                 return
+            if attempt:  # endpoints a container left behind (a race of connects can)
+                for network in listed.split():
+                    self._disconnect_all(network)
             self._docker_quiet("network", "rm", *listed.split())
             time.sleep(0.1)
+
+    def _disconnect_all(self, network: str) -> None:
+        shown = self._docker_quiet("network", "inspect", network)
+        try:
+            containers = json.loads(shown or "[]")[0].get("Containers") or {}
+        except (ValueError, IndexError, AttributeError):
+            return
+        for endpoint in containers.values():
+            name = endpoint.get("Name") if isinstance(endpoint, dict) else None
+            if name:
+                self._docker_quiet("network", "disconnect", "-f", network, name)
 
     def _docker_quiet(self, *args: str) -> str | None:
         try:
@@ -366,7 +380,7 @@ class PrivateDockerd:
                 [docker_binary(), "-H", self.host, *args],
                 capture_output=True,
                 text=True,
-                timeout=10,
+                timeout=5,
             )
         except (OSError, subprocess.TimeoutExpired):
             return None
