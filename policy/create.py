@@ -32,7 +32,13 @@ from .identity import Identity
 from .images import check_image_use
 from .limits import Limits
 from .mounts import check_bind_options, container_bind_sources, host_bind_sources, pin_bind
-from .networks import check_create_networks, endpoint_links, pin_endpoint_links
+from .networks import (
+    check_create_networks,
+    endpoint_links,
+    link_target,
+    pin_endpoint_links,
+    pinned_links,
+)
 from .ports import check_ports
 from .resources import apply_resources
 from .run_as import checked_group_add, checked_user, runs_as_user, with_no_new_privileges
@@ -356,12 +362,7 @@ def _pin_references(host: dict[str, Any], full: dict[str, str]) -> None:
             ":".join([full[e.split(":", 1)[0]], *e.split(":", 1)[1:]]) for e in host["VolumesFrom"]
         ]
     if host.get("Links"):
-        links = []
-        for link in host["Links"]:
-            name, _, alias = link.partition(":")
-            # Without an alias dockerd would name the link after what it was given: keep it.
-            links.append(f"{full[name.lstrip('/')]}:{alias or name.lstrip('/')}")
-        host["Links"] = links
+        host["Links"] = pinned_links(host["Links"], full)
 
 
 def _missing(kind: str, ref: str) -> Decision:
@@ -381,7 +382,7 @@ def referenced_containers(body: dict[str, Any]) -> list[str]:
     for entry in host.get("VolumesFrom") or []:
         refs.append(entry.split(":", 1)[0])
     for link in host.get("Links") or []:
-        refs.append(link.split(":", 1)[0].lstrip("/"))
+        refs.append(link_target(link))
     for settings in _endpoints(body).values():
         with contextlib.suppress(Denied):  # a malformed one is refused by _check_references
             refs.extend(endpoint_links(settings))  # links made on a user-defined network

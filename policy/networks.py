@@ -165,16 +165,24 @@ def endpoint_links(settings: Any) -> list[str]:
         raise Denied(
             deny("bad_body", "an endpoint's Links is not a list of names", "use --link NAME:ALIAS")
         )
-    return [link.split(":", 1)[0].lstrip("/") for link in links]
+    return [link_target(link) for link in links]
+
+
+def link_target(link: str) -> str:
+    """The container a legacy link (``name[:alias]``, ``--link``) names."""
+    return link.split(":", 1)[0].lstrip("/")
+
+
+def pinned_links(links: list[str], full: dict[str, str]) -> list[str]:
+    """Each link naming its container by the full ID that was checked; without an alias
+    dockerd would name the link after what it was given, so that is kept as the alias."""
+    return [
+        f"{full[link_target(link)]}:{link.partition(':')[2] or link_target(link)}" for link in links
+    ]
 
 
 def pin_endpoint_links(settings: dict[str, Any], full: dict[str, str]) -> None:
-    """Name each linked container by the full ID that was checked (its alias kept)."""
-    pinned = []
-    for link in settings.get("Links") or []:
-        name, _, alias = link.partition(":")
-        pinned.append(f"{full[name.lstrip('/')]}:{alias or name.lstrip('/')}")
-    settings["Links"] = pinned
+    settings["Links"] = pinned_links(settings.get("Links") or [], full)
 
 
 def check_connect_endpoint(
