@@ -256,7 +256,17 @@ def _takes_body(route: Route) -> bool:
 
 def owner_filter_query(route: Route, user: str) -> dict[str, list[str]]:
     """The route's query with ``label=ds01.user=<user>`` added to its ``filters``."""
+    return _with_filters(route, _owner_filters(route, user))
+
+
+def _with_filters(route: Route, filters: dict[str, Any]) -> dict[str, list[str]]:
     query = {k: list(v) for k, v in route.query.items()}
+    query["filters"] = [json.dumps(filters, separators=(",", ":"))]
+    return query
+
+
+def _owner_filters(route: Route, user: str) -> dict[str, Any]:
+    """The route's ``filters``, parsed, with ``label=ds01.user=<user>`` added."""
     raw = route.q("filters")
     try:
         filters = json.loads(raw) if raw else {}
@@ -283,19 +293,17 @@ def owner_filter_query(route: Route, user: str) -> dict[str, list[str]]:
         filters["label"] = [*labels, owner] if owner not in labels else labels
     else:
         raise Denied(deny("bad_request", "the label filter is neither a list nor a map", "", 400))
-    query["filters"] = [json.dumps(filters, separators=(",", ":"))]
-    return query
+    return filters
 
 
 def _owner_filtered(route: Route, identity: Identity, limits: Limits) -> Decision:
     if limits.is_admin:
         return allow()
-    query = owner_filter_query(route, identity.user)
+    filters = _owner_filters(route, identity.user)
     changes: tuple[str, ...] = (f"filters label={LABEL_USER}={identity.user}",)
     if route.endpoint == "/events":
         # Image events carry the image's labels, which anyone may have written (a base image
         # labelled with a user's name would show them others' tags): containers' events only.
-        filters = json.loads(query["filters"][0])
         asked = filters.get("type")
         if asked and "container" not in asked:
             return deny(
@@ -307,9 +315,8 @@ def _owner_filtered(route: Route, identity: Identity, limits: Limits) -> Decisio
         filters["type"] = (
             {"container": True} if isinstance(filters["label"], dict) else ["container"]
         )
-        query["filters"] = [json.dumps(filters, separators=(",", ":"))]
         changes = (*changes, "filters type=container")
-    return allow(query=query, changes=changes)
+    return allow(query=_with_filters(route, filters), changes=changes)
 
 
 def _owned_object(
