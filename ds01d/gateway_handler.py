@@ -277,7 +277,7 @@ def _screen_containers(owners: ContainerOwners, user: str) -> Callable[[int, byt
         try:
             listed = json.loads(answer)
         except ValueError:
-            return json_reply(502, "ds01: could not read the Docker daemon's container list")
+            listed = None
         if not isinstance(listed, list):
             return json_reply(502, "ds01: could not read the Docker daemon's container list")
         shown = owners.screen(listed, user)

@@ -221,7 +221,8 @@ class Service:
         gateway is recorded by its saga, once its volumes and GPUs are settled.
         """
         parsed = request if isinstance(request, ParsedRequest) else parse_request(request)
-        verdict = self.decide_now(parsed, identity, door)
+        needs = needed_facts(parsed, identity)
+        verdict = self._decide_at_once(parsed, identity, door, needs)
         if verdict is not None:
             return verdict
         started = time.perf_counter()
@@ -229,7 +230,7 @@ class Service:
         state = self._state()
         lookup = _Lookups(self.docker)  # one request's lookups, shared with the start guard
         try:
-            state = await self.gather(needed_facts(parsed, identity), identity, lookup)
+            state = await self.gather(needs, identity, lookup)
             decision = self._decided(parsed, identity, limits, state)
             if identity.is_tls:
                 decision = await self._tls_decision(parsed, identity, decision)
@@ -253,10 +254,15 @@ class Service:
         Nothing to await means no task and no turn of the event loop, on a path both doors
         take for nearly every request.
         """
+        return self._decide_at_once(parsed, identity, door, needed_facts(parsed, identity))
+
+    def _decide_at_once(
+        self, parsed: ParsedRequest, identity: Identity, door: str, needs: FactRequests
+    ) -> Verdict | None:
         if identity.is_tls or parsed.endpoint in START_ENDPOINTS:
             return None
         started = time.perf_counter()
-        state = self._known_state(needed_facts(parsed, identity))
+        state = self._known_state(needs)
         if state is None:
             return None
         limits = self.policy.limits(identity)
