@@ -375,13 +375,9 @@ class PrivateDockerd:
                 self._docker_quiet("network", "disconnect", "-f", network, name)
 
     def _docker_quiet(self, *args: str) -> str | None:
+        """``self.docker``'s output, or None when it failed (cleanup goes on regardless)."""
         try:
-            done = subprocess.run(
-                [docker_binary(), "-H", self.host, *args],
-                capture_output=True,
-                text=True,
-                timeout=5,
-            )
+            done = self.docker(*args, timeout=5)
         except (OSError, subprocess.TimeoutExpired):
             return None
         return done.stdout if done.returncode == 0 else None
