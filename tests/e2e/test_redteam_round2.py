@@ -571,17 +571,26 @@ def test_no_request_smuggled_by_framing_variants(clean, head, body):
     assert inspect(clean, alice)["State"]["Running"]
 
 
-def test_a_base_image_label_does_not_give_alices_build_steps_to_bob(clean):
-    """A shared base image labelled ds01.user=e2e-bob (bob published it): alice's legacy
-    build FROM it runs its RUN steps in containers dockerd labels from the image. They are
-    not bob's: he does not list them, cannot exec, copy out of or into them."""
+@pytest.fixture
+def bobs_base(clean) -> Iterator[str]:
+    """A shared base image whose LABEL says ds01.user=e2e-bob (bob published it; pulled, it
+    is anyone's to build on). Removed afterwards."""
     base = f"r2base{uuid.uuid4().hex[:6]}:1"
     seed = ok(clean.docker("create", IMAGE, "true", direct=True)).strip()
     ok(clean.docker("commit", "--change", f"LABEL ds01.user={BOB}", seed, base, direct=True))
+    yield base
+    clean.docker("rm", "-f", seed, direct=True)
+    clean.docker("rmi", "-f", base, direct=True)
+
+
+def test_a_base_image_label_does_not_give_alices_build_steps_to_bob(clean, bobs_base):
+    """Alice's legacy build FROM bob's labelled base runs its RUN steps in containers
+    dockerd labels from the image. They are not bob's: he does not list them, cannot exec,
+    copy out of or into them."""
     ctx = temp_dir("ds01-r2b-")
     os.chmod(ctx, 0o755)
     (ctx / "secret").write_text("alice-secret\n")
-    (ctx / "Dockerfile").write_text(f"FROM {base}\nCOPY secret /secret\nRUN sleep 8\n")
+    (ctx / "Dockerfile").write_text(f"FROM {bobs_base}\nCOPY secret /secret\nRUN sleep 8\n")
     for name in ("secret", "Dockerfile"):
         os.chmod(ctx / name, 0o644)
     env = [f"DOCKER_HOST={clean.gateway}", "HOME=/tmp", "DOCKER_BUILDKIT=0", "PATH=/usr/bin:/bin"]
@@ -617,19 +626,16 @@ def test_a_base_image_label_does_not_give_alices_build_steps_to_bob(clean):
     finally:
         if build.poll() is None:
             build.kill()
-        clean.docker("rmi", "-f", tag, base, direct=True)
+        clean.docker("rmi", "-f", tag, direct=True)
 
 
-def test_a_base_image_label_does_not_show_bob_alices_image_events(clean):
-    """Image events carry the image's labels: alice tagging a base image labelled
-    ds01.user=e2e-bob into her namespace must not reach bob's `docker events`."""
-    base = f"r2base{uuid.uuid4().hex[:6]}:1"
-    seed = ok(clean.docker("create", IMAGE, "true", direct=True)).strip()
-    ok(clean.docker("commit", "--change", f"LABEL ds01.user={BOB}", seed, base, direct=True))
+def test_a_base_image_label_does_not_show_bob_alices_image_events(clean, bobs_base):
+    """Image events carry the image's labels: alice tagging bob's labelled base into her
+    namespace must not reach bob's `docker events`."""
     since = str(int(time.time()) - 5)
     tag = f"{ALICE}/secret-project:{uuid.uuid4().hex[:6]}"
     try:
-        ok(clean.docker("tag", base, tag, user=ALICE))
+        ok(clean.docker("tag", bobs_base, tag, user=ALICE))
         until = str(int(time.time()) + 1)
         shown = clean.docker("events", "--since", since, "--until", until, user=BOB)
         assert shown.returncode == 0, shown.stderr
@@ -639,7 +645,7 @@ def test_a_base_image_label_does_not_show_bob_alices_image_events(clean):
         )
         assert asked.returncode != 0 and "your containers only" in asked.stderr, asked.stderr
     finally:
-        clean.docker("rmi", "-f", tag, base, direct=True)
+        clean.docker("rmi", "-f", tag, direct=True)
 
 
 def test_one_student_cannot_take_every_network_address_pool(clean):

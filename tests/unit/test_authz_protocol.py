@@ -242,17 +242,18 @@ async def test_authorizer_exception_is_a_denial_not_a_500(aiohttp_client: Any, p
     assert exploding.calls == 1
 
 
-@pytest.mark.parametrize(
-    ("raw", "why"),
-    [
-        (b"garbage", "not JSON"),
-        (b"", "not JSON"),
-        (b"[]", "not a JSON object"),
-        (authz_json(RequestMethod=...), "no method or URI"),
-        (authz_json(RequestBody="***"), "not valid base64"),
-        (authz_json(RequestHeaders=[]), "not a map of strings"),
-    ],
-)
+# AuthZ bodies that do not decode, and the reason each denial gives (both servers answer alike).
+GARBAGE = [
+    (b"garbage", "not JSON"),
+    (b"", "not JSON"),
+    (b"[]", "not a JSON object"),
+    (authz_json(RequestMethod=...), "no method or URI"),
+    (authz_json(RequestBody="***"), "not valid base64"),
+    (authz_json(RequestHeaders=[]), "not a map of strings"),
+]
+
+
+@pytest.mark.parametrize(("raw", "why"), GARBAGE)
 async def test_garbage_is_a_denial(aiohttp_client: Any, raw: bytes, why: str) -> None:
     """A body that does not decode is denied with the reason, and the authorizer never sees it."""
     on_request = Recorder()

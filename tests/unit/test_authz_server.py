@@ -19,7 +19,14 @@ import uvloop
 
 from authz_plugin.authz import MAX_PLUGIN_REQUEST, AuthzAnswer, AuthzRequest
 from authz_plugin.server import BadFraming, PluginServer, parse_head
-from tests.unit.test_authz_protocol import CREATE_BODY, Exploding, Recorder, authz_json, b64
+from tests.unit.test_authz_protocol import (
+    CREATE_BODY,
+    GARBAGE,
+    Exploding,
+    Recorder,
+    authz_json,
+    b64,
+)
 
 LOOPS = {"asyncio": asyncio.run, "uvloop": uvloop.run}
 
@@ -145,16 +152,7 @@ def test_authorizer_exception_is_a_denial_not_a_500(run: Any, tmp_path: Path, pa
     assert exploding.calls == 1
 
 
-@pytest.mark.parametrize(
-    ("raw", "why"),
-    [
-        (b"garbage", "not JSON"),
-        (b"", "not JSON"),
-        (b"[]", "not a JSON object"),
-        (authz_json(RequestMethod=...), "no method or URI"),
-        (authz_json(RequestBody="***"), "not valid base64"),
-    ],
-)
+@pytest.mark.parametrize(("raw", "why"), GARBAGE)
 def test_garbage_is_a_denial(run: Any, tmp_path: Path, raw: bytes, why: str) -> None:
     on_request = Recorder()
     server = PluginServer(on_request, Recorder())
